@@ -1,0 +1,1 @@
+"""Prefect flows chaining the stage tasks per round, plus the `insight` command line."""
