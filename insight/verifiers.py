@@ -224,7 +224,10 @@ _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)", re.ASCII)
 _SQRT_RE = re.compile(r"\\sqrt")
 _THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])", re.ASCII)
-_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "\\displaystyle")
+_LONE_ATOM_RE = re.compile(
+    r"(?<![A-Za-z0-9)\\])\(([0-9]+(?:\.[0-9]+)?|[A-Za-z])\)(?![A-Za-z0-9(])", re.ASCII
+)
+_DROP = ("\\$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "\\displaystyle")
 
 
 def normalize_math_answer(ans: str) -> str:
@@ -246,6 +249,8 @@ def normalize_math_answer(ans: str) -> str:
     s = _THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), s)
     s = s.replace("{", "(").replace("}", ")").replace("^", "**")
     s = "".join(s.split())
+    # "x^{2}" and "x^2", "\\frac{3}{4}" and "3/4": drop parens around a lone number/letter
+    s = _LONE_ATOM_RE.sub(r"\1", s)
     s = s.rstrip(".")
     if s.startswith("x=") or s.startswith("y="):
         s = s[2:]
