@@ -1,0 +1,258 @@
+"""The run's record: one DuckDB file per run, plus Parquet per committed round.
+
+Why a database at all: the outcomes are the source of truth (DESIGN §3). The posterior,
+the selections and the metrics can all be rebuilt from them, so the store is what makes a
+run resumable and auditable. Tables follow the storage contract users query with SQL;
+names are stable, columns may be added.
+
+Concurrency model: only the training process opens `insight.duckdb` read-write, and it
+opens it briefly, per stage (`with RunStore(path) as db:`). Readers that must never
+block a training run (`insight audit`) read the Parquet files instead, which are
+published per round, after the round's commit, by an atomic rename.
+
+Idempotence: every stage first deletes its own rows for (run_id, round) and then writes
+them, inside one transaction, so re-running a stage after a crash never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DB_NAME = "insight.duckdb"
+PARQUET_DIR = "parquet"
+
+# Per-round tables: (name, DDL). `round` is the training round that produced the rows.
+SCHEMA: dict[str, str] = {
+    "runs": """
+        run_id VARCHAR PRIMARY KEY, config_json VARCHAR, config_hash VARCHAR,
+        data_hash VARCHAR, seed BIGINT, selector VARCHAR, created_at TIMESTAMPTZ""",
+    "prompts": """
+        run_id VARCHAR, prompt_id VARCHAR, split VARCHAR, source VARCHAR, prompt VARCHAR,
+        answer VARCHAR, difficulty INTEGER, verifier VARCHAR""",
+    "rounds": """
+        run_id VARCHAR, round INTEGER, status VARCHAR, started_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ, checkpoint VARCHAR, error VARCHAR, flow_run_id VARCHAR,
+        selector_state VARCHAR, rollouts_consumed BIGINT, metrics_json VARCHAR""",
+    "selections": """
+        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, selector VARCHAR, score DOUBLE,
+        mi DOUBLE, weight DOUBLE, alpha DOUBLE, beta DOUBLE, mean DOUBLE,
+        difficulty_factor DOUBLE, evidence_factor DOUBLE, selected BOOLEAN, rank INTEGER,
+        gen_batch INTEGER""",
+    "rollouts": """
+        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
+        completion VARCHAR, completion_token_ids INTEGER[], reward DOUBLE,
+        success BOOLEAN, verifier_error VARCHAR, truncated BOOLEAN, policy_round INTEGER,
+        gen_batch INTEGER, kept BOOLEAN""",
+    "posteriors": """
+        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, alpha DOUBLE, beta DOUBLE""",
+    "evals": """
+        run_id VARCHAR, round INTEGER, split VARCHAR, accuracy DOUBLE,
+        greedy_accuracy DOUBLE, n_problems INTEGER, n_samples INTEGER""",
+    "stages": """
+        run_id VARCHAR, round INTEGER, stage VARCHAR, seconds DOUBLE,
+        wall_seconds DOUBLE, finished_at TIMESTAMPTZ""",
+    "tracking": """
+        run_id VARCHAR, round INTEGER, mlflow_run_id VARCHAR, logged_at TIMESTAMPTZ""",
+}
+
+# Tables whose rows belong to one round and are exported per round.
+ROUND_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
+# Everything a round writes before its commit: discarded when a round is redone.
+ROUND_OUTPUT_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
+
+_LOCK_RETRY_SECONDS = 30.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunStore:
+    """Read-write access to one run's DuckDB file. Use as a context manager, briefly."""
+
+    def __init__(self, run_dir: str | Path, *, read_only: bool = False):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        self.read_only = read_only
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    def __enter__(self) -> "RunStore":
+        if self.read_only and not self.path.exists():
+            raise FileNotFoundError(f"no run database at {self.path}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.con = _connect_with_retry(self.path, self.read_only)
+        if not self.read_only:
+            for name, ddl in SCHEMA.items():
+                self.con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    # -- generic helpers ------------------------------------------------------------
+    def sql(self, query: str, params: list | tuple | None = None) -> pa.Table:
+        return self.con.execute(query, params or []).to_arrow_table()
+
+    def scalar(self, query: str, params: list | tuple | None = None):
+        row = self.con.execute(query, params or []).fetchone()
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def insert(self, table: str, rows: pa.Table) -> None:
+        """Append an Arrow table whose columns are a subset of the table's columns."""
+        if rows.num_rows == 0:
+            return
+        cols = ", ".join(rows.column_names)
+        self.con.register("_insert_rows", rows)
+        try:
+            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _insert_rows")
+        finally:
+            self.con.unregister("_insert_rows")
+
+    def replace_round_rows(self, table: str, run_id: str, round_: int, rows: pa.Table,
+                           where: str = "") -> None:
+        """Idempotent write: delete this round's rows of `table` (optionally narrowed by
+        `where`), then insert `rows`, in one transaction."""
+        with self.transaction():
+            self.con.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ? {where}",
+                             [run_id, round_])
+            self.insert(table, rows)
+
+    # -- runs -----------------------------------------------------------------------
+    def get_run(self) -> dict | None:
+        t = self.sql("SELECT * FROM runs")
+        if t.num_rows == 0:
+            return None
+        if t.num_rows > 1:
+            raise ValueError(f"{self.path} holds {t.num_rows} runs; one run per directory")
+        return t.to_pylist()[0]
+
+    # -- rounds ---------------------------------------------------------------------
+    def committed_rounds(self, run_id: str) -> list[int]:
+        t = self.sql("SELECT round FROM rounds WHERE run_id = ? AND status = 'committed' "
+                     "ORDER BY round", [run_id])
+        return t.column("round").to_pylist()
+
+    def last_committed_round(self, run_id: str) -> int:
+        last = self.scalar("SELECT max(round) FROM rounds WHERE run_id = ? AND "
+                           "status = 'committed'", [run_id])
+        return int(last) if last is not None else 0
+
+    def round_row(self, run_id: str, round_: int) -> dict | None:
+        t = self.sql("SELECT * FROM rounds WHERE run_id = ? AND round = ?", [run_id, round_])
+        return t.to_pylist()[0] if t.num_rows else None
+
+    def start_round(self, run_id: str, round_: int, flow_run_id: str | None) -> None:
+        """Mark a round running, discarding any partial output of an earlier attempt."""
+        row = self.round_row(run_id, round_)
+        if row is not None and row["status"] == "committed":
+            raise ValueError(f"round {round_} of run {run_id} is already committed")
+        with self.transaction():
+            for table in ROUND_OUTPUT_TABLES:
+                self.con.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ?",
+                                 [run_id, round_])
+            self.con.execute("DELETE FROM rounds WHERE run_id = ? AND round = ?",
+                             [run_id, round_])
+            self.con.execute(
+                "INSERT INTO rounds (run_id, round, status, started_at, flow_run_id) "
+                "VALUES (?, ?, 'running', ?, ?)", [run_id, round_, utcnow(), flow_run_id])
+
+    def fail_round(self, run_id: str, round_: int, error: str) -> None:
+        self.con.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = ? "
+                         "WHERE run_id = ? AND round = ? AND status <> 'committed'",
+                         [error[:4000], utcnow(), run_id, round_])
+
+    def commit_round(self, run_id: str, round_: int, *, checkpoint: str,
+                     selector_state: dict, rollouts_consumed: int, metrics: dict) -> None:
+        with self.transaction():
+            n = self.scalar("SELECT count(*) FROM rounds WHERE run_id = ? AND round = ? "
+                            "AND status = 'running'", [run_id, round_])
+            if n != 1:
+                raise RuntimeError(f"round {round_} is not running; cannot commit it")
+            self.con.execute(
+                "UPDATE rounds SET status = 'committed', finished_at = ?, checkpoint = ?, "
+                "selector_state = ?, rollouts_consumed = ?, metrics_json = ?, error = NULL "
+                "WHERE run_id = ? AND round = ?",
+                [utcnow(), checkpoint, json.dumps(selector_state), int(rollouts_consumed),
+                 json.dumps(metrics), run_id, round_])
+
+    def record_stage(self, run_id: str, round_: int, stage: str, seconds: float,
+                     wall_seconds: float | None = None) -> None:
+        """`seconds`: the stage's own compute; `wall_seconds`: as seen by the flow, so the
+        difference is the orchestration overhead (Prefect, store I/O, model loading)."""
+        with self.transaction():
+            self.con.execute("DELETE FROM stages WHERE run_id = ? AND round = ? AND stage = ?",
+                             [run_id, round_, stage])
+            self.con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?)",
+                             [run_id, round_, stage, float(seconds),
+                              None if wall_seconds is None else float(wall_seconds), utcnow()])
+
+    # -- Parquet export -------------------------------------------------------------
+    def export_run_tables(self, run_id: str) -> None:
+        """Write runs and prompts as Parquet (once, at run creation)."""
+        out = self.run_dir / PARQUET_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        for table in ("runs", "prompts"):
+            _atomic_write_parquet(self.sql(f"SELECT * FROM {table} WHERE run_id = ?",
+                                           [run_id]), out / f"{table}.parquet")
+
+    def export_round(self, run_id: str, round_: int) -> Path:
+        """Publish a committed round's rows as Parquet: a folder written aside, then
+        renamed into place, so a reader sees a round whole or not at all."""
+        final = round_dir(self.run_dir, round_)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for table in ROUND_TABLES + ("rounds",):
+            pq.write_table(self.sql(f"SELECT * FROM {table} WHERE run_id = ? AND round = ?",
+                                    [run_id, round_]), tmp / f"{table}.parquet")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+
+def round_dir(run_dir: str | Path, round_: int) -> Path:
+    return Path(run_dir) / PARQUET_DIR / f"round_{round_:05d}"
+
+
+def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _connect_with_retry(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """DuckDB allows one writing process per file; wait out a short-lived holder
+    (another stage, an older reader) instead of failing the stage."""
+    deadline = time.monotonic() + _LOCK_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
