@@ -34,7 +34,8 @@ Verifiers (``completion`` is the model's text after the prompt, EOS stripped):
     normalized (``$``, ``\\left``/``\\right``, spacing commands, ``\\text{...}``, thousands
     commas, ``\\frac{a}{b}``/``\\dfrac``, ``\\cdot``/``\\times``, ``^``) and, when both read
     as numbers through the safe evaluator, compared exactly (``0.5 == 1/2 ==
-    \\frac{1}{2}``); otherwise their normalized strings are compared.
+    \\frac{1}{2}``); a numeric reference also matches a prediction that holds exactly
+    one number (``"42 apples"``, ``"x = 42"``). Otherwise the normalized strings are compared.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ _DROP = ("\\$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "\\
 
 def normalize_math_answer(ans: str) -> str:
     """Canonical text of a short answer (see module doc); lower-cased, no spaces."""
-    s = ans.strip()
+    s = ans.strip().replace("\u2212", "-")  # unicode minus sign
     for token in _DROP:
         s = s.replace(token, "")
     for _ in range(3):  # nested \text{\text{..}} is rare; bounded anyway
@@ -289,6 +290,11 @@ def _verify_math(completion: str, answer: str) -> VerifyResult:
     ref_num = _as_number(ref_norm)
     if ref_num is not None:
         pred_num = _as_number(pred_norm)
+        if pred_num is None:
+            # "42 apples", "x=42", "10 cm": a non-numeric answer holding exactly one number
+            nums = _NUMBER_RE.findall(pred.replace("\u2212", "-"))
+            if len(nums) == 1:
+                pred_num = _as_number(normalize_math_answer(nums[0]))
         if pred_num is not None:
             return _OK if pred_num == ref_num else _WRONG
     return _OK if pred_norm == ref_norm else _WRONG

@@ -192,6 +192,9 @@ def test_countdown_reference_formats():
         ("the answer is 2^{10}", "1024"),
         ("Natalia sold 48/2 = 24 clips. #### 72", "She sold 48+24 = 72 clips.\n#### 72"),
         ("Thus \\boxed{\\left(3\\right)}", "3"),
+        ("The answer is 42 apples.", "42"),
+        ("So \\boxed{x = 42}", "42"),
+        ("The answer is \u22125", "-5"),  # unicode minus sign
     ],
 )
 def test_math_correct(completion, answer):
@@ -206,6 +209,7 @@ def test_math_correct(completion, answer):
         ("\\boxed{\\frac{1}{3}}", "0.33"),  # exact comparison
         ("\\boxed{1,234}", "1,235"),
         ("\\boxed{x^2}", "x^3"),
+        ("The answer is 41 or 42", "42"),  # two numbers: no guessing
     ],
 )
 def test_math_wrong(completion, answer):
