@@ -199,13 +199,15 @@ def generate_countdown(
     n_numbers: int = 3,
     max_number: int = 9,
     id_prefix: str = "cd",
+    max_target: int | None = None,
 ) -> list[Problem]:
     """``n`` distinct, solvable countdown problems, deterministic in ``seed``.
 
     Numbers are drawn uniformly from 1..max_number (repeats allowed); the target is drawn
     uniformly from the distinct positive integers reachable using every number exactly
     once with ``+ - * /``. Prompt ``"3,5,7:22="``; answer a solution such as ``"3*5+7"``
-    (verifier "countdown" reads the numbers and target back from it).
+    (verifier "countdown" reads the numbers and target back from it). ``max_target``
+    bounds the target (e.g. 100 keeps 4-number targets small); None = no bound.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -213,6 +215,9 @@ def generate_countdown(
         raise ValueError(f"n_numbers must be in 2..5, got {n_numbers}")
     if not 1 <= max_number <= 999:
         raise ValueError(f"max_number must be in 1..999, got {max_number}")
+    if max_target is not None and max_target < 1:
+        raise ValueError(f"max_target must be >= 1, got {max_target}")
+    top = math.inf if max_target is None else max_target
     rng = random.Random(f"countdown:{seed}")
     seen: set[tuple[tuple[int, ...], int]] = set()
     problems: list[Problem] = []
@@ -230,7 +235,7 @@ def generate_countdown(
         if key not in cache:
             reach = _reachable(key)
             cache[key] = sorted(
-                (int(v), e) for v, e in reach.items() if v.denominator == 1 and v > 0
+                (int(v), e) for v, e in reach.items() if v.denominator == 1 and 0 < v <= top
             )
         targets = cache[key]
         if not targets:

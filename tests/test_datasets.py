@@ -111,6 +111,12 @@ def test_every_countdown_problem_is_solvable_and_its_answer_verifies(n_numbers):
     validate_problems(problems)
 
 
+def test_countdown_max_target():
+    problems = generate_countdown(40, seed=0, n_numbers=4, max_target=50)
+    assert all(0 < parse_countdown_reference(p.prompt[:-1])[1] <= 50 for p in problems)
+    assert all(verify("countdown", p.answer, p.prompt[:-1]).success for p in problems)
+
+
 def test_countdown_solutions():
     assert countdown_solutions([3, 5, 7], 22) is not None
     assert countdown_solutions([1, 1], 5) is None
