@@ -124,14 +124,14 @@ def parse_countdown_reference(answer: str) -> tuple[tuple[int, ...], Fraction]:
         numbers = tuple(int(x) for x in m.group(1).split(","))
         return numbers, Fraction(int(m.group(2)))
     try:
-        target = _countdown_eval(answer)
+        target = _countdown_value(answer)
         numbers = tuple(int(x) for x in safe_math.literals(answer))
     except SafeMathError as exc:
         raise ValueError(f"countdown reference answer is unreadable: {answer!r} ({exc})") from None
     return numbers, target
 
 
-def _countdown_eval(expr: str) -> Fraction:
+def _countdown_value(expr: str) -> Fraction:
     if _COUNTDOWN_CHARS_RE.fullmatch(expr) is None:
         bad = next(c for c in expr if _COUNTDOWN_CHARS_RE.fullmatch(c) is None)
         raise SafeMathError(f"disallowed character {bad!r}")
@@ -153,7 +153,7 @@ def _verify_countdown(completion: str, answer: str) -> VerifyResult:
     if len(text) > MAX_EXPRESSION_CHARS:
         return _fail("parse error: expression too long")
     try:
-        value = _countdown_eval(text)
+        value = _countdown_value(text)
         used = [int(x) for x in safe_math.literals(text)]
     except SafeMathError as exc:
         msg = str(exc)
