@@ -3,6 +3,8 @@
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from insight.verifiers import (
     MAX_COMPLETION_CHARS,
@@ -291,3 +293,19 @@ def test_verify_batch():
         verify_batch("arithmetic", ["1"], ["1", "2"])
     with pytest.raises(ValueError):
         verify_batch(["arithmetic"], ["1", "2"], ["1", "2"])
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+_EXPRESSION_TEXT = st.text(alphabet="0123456789+-*/()., ^{}\\boxedfrac#answeris$x_[]'\"", max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(completion=st.one_of(st.text(max_size=300), _EXPRESSION_TEXT))
+def test_fuzz_verify_never_raises(completion):
+    for verifier, answer in [("arithmetic", "432"), ("countdown", "3,5,7:22"), ("math", "\\frac{1}{2}")]:
+        result = verify(verifier, completion, answer)
+        assert 0.0 <= result.reward <= 1.0
+        assert result.success == (result.reward == 1.0)
+        if result.error is not None:
+            assert not result.success
