@@ -26,6 +26,7 @@ import json
 import math
 import re
 import sys
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -64,45 +65,87 @@ def _sql_str(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-class _RunView:
-    """An in-memory DuckDB connection with one view per contract table over the run's
-    Parquet files. Columns of SCHEMA missing from older files read as NULL; a NULL
-    gen_batch reads as 0."""
+@dataclass(frozen=True)
+class Need:
+    """What a function reads of one per-round table: which rounds (None = all published)
+    and an optional SQL filter on the table's columns. Loading it scans its files once."""
 
-    def __init__(self, run_dir: str | Path, rounds: Iterable[int] | None = None):
+    rounds: tuple[int, ...] | None = None
+    where: str = ""
+
+
+class _RunView:
+    """An in-memory DuckDB connection over the run's published Parquet.
+
+    `runs` and `prompts` are views over their single files. Each per-round table named in
+    `need` is read once, with its filter, into an in-memory table (one scan over the
+    round files, instead of one per reference in a query); the others are empty tables of
+    the store's schema, so every query binds. Columns of SCHEMA missing from the files
+    read as NULL; a NULL gen_batch reads as 0; the completions are never loaded."""
+
+    def __init__(self, run_dir: str | Path, need: dict[str, Need] | None = None):
         self.run_dir = Path(run_dir)
         self.rounds = published_rounds(run_dir)
-        wanted = self.rounds if rounds is None else [r for r in rounds if r in set(self.rounds)]
         self.con = duckdb.connect(":memory:")
         root = self.run_dir / PARQUET_DIR
         for table in _RUN_TABLES:
-            self._view(table, [root / f"{table}.parquet"])
+            self._create(table, [root / f"{table}.parquet"], "", view=True)
         for table in ROUND_TABLES + ("rounds",):
-            self._view(table, [root / f"round_{r:05d}" / f"{table}.parquet" for r in wanted])
+            spec = (need or {}).get(table)
+            if spec is None:
+                self.con.execute(f"CREATE TABLE {table} AS SELECT "
+                                 f"{self._columns(table, None)} WHERE false")
+                continue
+            self._create(table, self.files(table, spec.rounds), spec.where, view=False)
 
-    def _view(self, table: str, files: list[Path]) -> None:
-        files = [f for f in files if f.is_file()]
-        schema = _schema_columns(table)
-        raw = f"_raw_{table}"
-        if files:
-            listing = ", ".join(_sql_str(f) for f in files)
-            self.con.execute(f"CREATE VIEW {raw} AS SELECT * FROM "
-                             f"read_parquet([{listing}], union_by_name = true)")
-            present = {r[0] for r in self.con.sql(f"DESCRIBE {raw}").fetchall()}
-        else:
-            self.con.execute(f"CREATE TABLE {raw} ({SCHEMA[table]})")
-            present = set(schema)
+    def files(self, table: str, rounds: Iterable[int] | None = None) -> list[Path]:
+        published = set(self.rounds)
+        wanted = self.rounds if rounds is None else sorted(r for r in rounds if r in published)
+        root = self.run_dir / PARQUET_DIR
+        return [root / f"round_{r:05d}" / f"{table}.parquet" for r in wanted]
+
+    @staticmethod
+    def _columns(table: str, present: set[str] | None) -> str:
         cols = []
-        for name, typ in schema.items():
-            if name not in present:
+        for name, typ in _schema_columns(table).items():
+            if table == "rollouts" and name not in _ROLLOUT_COLUMNS:
+                continue
+            if present is None or name not in present:
                 cols.append(f"CAST(NULL AS {typ}) AS {name}")
             elif name == "gen_batch":
-                cols.append("coalesce(gen_batch, 0) AS gen_batch")
-            elif table == "rollouts" and name not in _ROLLOUT_COLUMNS:
-                continue
+                cols.append("coalesce(gen_batch, 0)::INTEGER AS gen_batch")
             else:
-                cols.append(name)
-        self.con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(cols)} FROM {raw}")
+                cols.append(f"CAST({name} AS {typ}) AS {name}")
+        return ", ".join(cols)
+
+    def scan(self, table: str, rounds: Iterable[int] | None = None) -> str:
+        """A subquery reading `table` straight from its files (normalized columns), for a
+        streaming aggregate that need not hold the table in memory."""
+        return self._source(table, self.files(table, rounds))
+
+    def _source(self, table: str, files: list[Path]) -> str:
+        files = [f for f in files if f.is_file()]
+        if not files:
+            return f"(SELECT {self._columns(table, None)} WHERE false)"
+        # The store's tables keep one shape within a run, so the first file's schema is
+        # read. Should the first and last files differ (a run continued by a newer store
+        # that added a column), union_by_name is used, at a footer read per file.
+        first, last = (self._describe(f"read_parquet({_sql_str(f)})")
+                       for f in (files[0], files[-1]))
+        union = ", union_by_name = true" if first != last else ""
+        listing = ", ".join(_sql_str(f) for f in files)
+        source = f"read_parquet([{listing}]{union})"
+        present = set(first) | set(last)
+        return f"(SELECT {self._columns(table, present)} FROM {source})"
+
+    def _describe(self, source: str) -> list[str]:
+        return [r[0] for r in self.con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+
+    def _create(self, table: str, files: list[Path], where: str, *, view: bool) -> None:
+        kind = "VIEW" if view else "TABLE"
+        cond = f" WHERE {where}" if where else ""
+        self.con.execute(f"CREATE {kind} {table} AS SELECT * FROM "
+                         f"{self._source(table, files)} AS t{cond}")
 
     def sql(self, query: str, params: dict | None = None) -> pa.Table:
         return self.con.sql(query, params=params or None).to_arrow_table()
@@ -121,23 +164,25 @@ def _schema_columns(table: str) -> dict[str, str]:
     for part in re.split(r",(?![^()]*\))", SCHEMA[table]):
         bits = part.split()
         if len(bits) >= 2:
-            typ = bits[1]
-            out[bits[0]] = typ
+            out[bits[0]] = bits[1]
     return out
 
 
-def _with_view(run_dir, rounds, fn: Callable[[_RunView], T]) -> T:
+def _with_view(run_dir, need: dict[str, Need] | None,
+               fn: Callable[[_RunView], T]) -> T:
     """Run `fn` on a fresh view; retry if a round folder vanished under us (a round being
     re-published by `ensure_published` replaces its folder)."""
     for attempt in range(3):
-        view = _RunView(run_dir, rounds)
+        view = None
         try:
+            view = _RunView(run_dir, need)
             return fn(view)
         except (duckdb.IOException, duckdb.InvalidInputException) as err:
             if attempt == 2 or "No such file" not in str(err) and "not found" not in str(err):
                 raise
         finally:
-            view.close()
+            if view is not None:
+                view.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -168,23 +213,20 @@ def _check_round(run_dir, round_: int, rounds: list[int]) -> None:
             f"candidates. Rounds with selections: {_ranges(selection_rounds)}")
 
 
-# Per (round, gen_batch): how many candidates, how many selected, and the lowest
-# selected candidate (the cut) with its factors. `mine` names the rows to place.
+# Per (round, gen_batch) of the rows in `mine`: how many candidates, how many selected,
+# the place of mine in the ranking, and the lowest selected candidate (the cut) with the
+# factors of its score. `src` holds every candidate of those rounds; one pass over it.
 _STATS_SQL = """
     stats AS (
         SELECT m.round, m.gen_batch, count(*) AS candidates,
                sum(s.selected::INT) AS n_selected,
                1 + sum(CASE WHEN m.rank IS NOT NULL THEN (s.rank < m.rank)::INT
-                            ELSE (s.score > m.score)::INT END) AS position
-        FROM selections s JOIN {mine} m USING (round, gen_batch)
-        GROUP BY m.round, m.gen_batch),
-    cut AS (
-        SELECT round, gen_batch, score AS cut_score, weight AS cut_weight, mi AS cut_mi,
-               mean AS cut_mean
-        FROM selections WHERE selected AND (round, gen_batch) IN
-             (SELECT (round, gen_batch) FROM {mine})
-        QUALIFY row_number() OVER (PARTITION BY round, gen_batch
-                                   ORDER BY score ASC NULLS FIRST, rank DESC NULLS FIRST) = 1)
+                            ELSE (s.score > m.score)::INT END) AS position,
+               min(s.score) FILTER (WHERE s.selected) AS cut_score,
+               arg_min(s.weight, s.score) FILTER (WHERE s.selected) AS cut_weight,
+               arg_min(s.mi, s.score) FILTER (WHERE s.selected) AS cut_mi
+        FROM {src} s JOIN {mine} m ON s.round = m.round AND s.gen_batch = m.gen_batch
+        GROUP BY m.round, m.gen_batch)
 """
 
 
@@ -216,7 +258,8 @@ def round_candidates(run_dir: str | Path, round_: int) -> pa.Table:
             LEFT JOIN (SELECT DISTINCT ON (prompt_id) * FROM prompts) p USING (prompt_id)
             ORDER BY s.gen_batch, s.position""", {"r": round_})
 
-    return _with_view(run_dir, [round_], query)
+    return _with_view(run_dir, {"selections": Need((round_,)), "rollouts": Need((round_,))},
+                      query)
 
 
 # --- one prompt's history --------------------------------------------------------------
@@ -225,6 +268,7 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
     score, rank, selected?, outcome, posterior after the round), and a one-line
     explanation of its latest selection state."""
     prompt_id = str(prompt_id)
+    only = Need(where=f"prompt_id = {_sql_str(prompt_id)}")
 
     def query(v: _RunView) -> dict[str, Any]:
         info = v.sql("SELECT * FROM prompts WHERE prompt_id = $p LIMIT 1",
@@ -235,12 +279,14 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             raise ValueError(_unknown_prompt_message(v, run_dir, prompt_id))
         rounds = pa.table({"round": pa.array(v.rounds, pa.int32())})
         v.con.register("_published", rounds)
+        scored = [r[0] for r in v.con.sql("SELECT DISTINCT round FROM selections").fetchall()]
+        src = v.scan("selections", scored)
         hist = v.sql(f"""
             WITH mine AS (
                 SELECT * FROM selections WHERE prompt_id = $p
                 QUALIFY row_number() OVER (PARTITION BY round
                                            ORDER BY selected DESC, gen_batch) = 1),
-            {_STATS_SQL.format(mine='mine')},
+            {_STATS_SQL.format(mine='mine', src=src)},
             outcome AS (
                 SELECT round, sum(success::INT)::INTEGER AS successes,
                        count(*)::INTEGER AS trials
@@ -249,23 +295,22 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             SELECT r.round, m.prompt_id IS NOT NULL AS scored, m.selected,
                    m.score, m.rank, st.position::INTEGER AS position,
                    st.candidates::INTEGER AS candidates,
-                   st.n_selected::INTEGER AS n_selected, c.cut_score,
+                   st.n_selected::INTEGER AS n_selected, st.cut_score,
                    m.weight, m.mi, m.mean AS sel_mean, m.alpha AS sel_alpha,
                    m.beta AS sel_beta, o.successes, o.trials,
                    p.alpha AS post_alpha, p.beta AS post_beta,
                    p.alpha / (p.alpha + p.beta) AS post_mean, m.gen_batch,
-                   c.cut_weight, c.cut_mi, c.cut_mean
+                   st.cut_weight, st.cut_mi
             FROM _published r
             LEFT JOIN mine m USING (round)
             LEFT JOIN stats st USING (round, gen_batch)
-            LEFT JOIN cut c USING (round, gen_batch)
             LEFT JOIN outcome o USING (round)
             LEFT JOIN post p USING (round)
             ORDER BY r.round""", {"p": prompt_id})
         meta = info[0] if info else {}
         rows = hist.to_pylist()
         selected_rounds = [r["round"] for r in rows if r["selected"]]
-        table = hist.drop_columns(["cut_weight", "cut_mi", "cut_mean"])
+        table = hist.drop_columns(["cut_weight", "cut_mi"])
         split = meta.get("split")
         return {
             "run_dir": str(run_dir),
@@ -282,11 +327,13 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             "rounds": table,
         }
 
-    return _with_view(run_dir, None, query)
+    return _with_view(run_dir, {"selections": only, "rollouts": only, "posteriors": only},
+                      query)
 
 
 def _unknown_prompt_message(v: _RunView, run_dir, prompt_id: str) -> str:
-    ids = v.sql("SELECT DISTINCT prompt_id FROM posteriors UNION "
+    last = v.rounds[-1:] if v.rounds else []
+    ids = v.sql(f"SELECT DISTINCT prompt_id FROM {v.scan('posteriors', last)} UNION "
                 "SELECT prompt_id FROM prompts").column("prompt_id").to_pylist()
     ids = sorted(i for i in ids if i is not None)
     if not ids:
@@ -397,7 +444,7 @@ def never_selected(run_dir: str | Path) -> pa.Table:
         last_round = max(v.rounds) if v.rounds else 0
         t = v.sql(f"""
             WITH train AS (
-                SELECT prompt_id FROM posteriors WHERE round = $last
+                SELECT prompt_id FROM posteriors
                 UNION SELECT prompt_id FROM prompts WHERE split = '{TRAIN_SPLIT}'),
             ever AS (SELECT DISTINCT prompt_id FROM selections WHERE selected),
             never AS (SELECT prompt_id FROM train WHERE prompt_id NOT IN
@@ -409,36 +456,22 @@ def never_selected(run_dir: str | Path) -> pa.Table:
                 SELECT * FROM selections WHERE prompt_id IN (SELECT prompt_id FROM never)
                 QUALIFY row_number() OVER (PARTITION BY prompt_id
                                            ORDER BY round DESC, gen_batch DESC) = 1),
-            stats AS (
-                SELECT m.prompt_id, count(*) AS candidates,
-                       sum(s.selected::INT) AS n_selected,
-                       1 + sum(CASE WHEN m.rank IS NOT NULL THEN (s.rank < m.rank)::INT
-                                    ELSE (s.score > m.score)::INT END) AS position
-                FROM selections s JOIN mine m USING (round, gen_batch)
-                GROUP BY m.prompt_id),
-            cut AS (
-                SELECT round, gen_batch, score AS cut_score, weight AS cut_weight,
-                       mi AS cut_mi
-                FROM selections WHERE selected AND (round, gen_batch) IN
-                     (SELECT (round, gen_batch) FROM mine)
-                QUALIFY row_number() OVER (PARTITION BY round, gen_batch
-                        ORDER BY score ASC NULLS FIRST, rank DESC NULLS FIRST) = 1),
+            {_STATS_SQL.format(mine='mine', src='selections')},
             post AS (SELECT prompt_id, alpha / (alpha + beta) AS post_mean
-                     FROM posteriors WHERE round = $last)
+                     FROM posteriors)
             SELECT n.prompt_id, p.difficulty, coalesce(t.times_scored, 0) AS times_scored,
                    m.round, m.score, st.position::INTEGER AS position,
                    st.candidates::INTEGER AS candidates,
-                   st.n_selected::INTEGER AS n_selected, c.cut_score,
+                   st.n_selected::INTEGER AS n_selected, st.cut_score,
                    m.weight, m.mi, m.mean AS sel_mean, m.alpha AS sel_alpha,
-                   m.beta AS sel_beta, po.post_mean, c.cut_weight, c.cut_mi, p.prompt
+                   m.beta AS sel_beta, po.post_mean, st.cut_weight, st.cut_mi, p.prompt
             FROM never n
             LEFT JOIN tally t USING (prompt_id)
             LEFT JOIN mine m USING (prompt_id)
-            LEFT JOIN stats st USING (prompt_id)
-            LEFT JOIN cut c ON c.round = m.round AND c.gen_batch = m.gen_batch
+            LEFT JOIN stats st ON st.round = m.round AND st.gen_batch = m.gen_batch
             LEFT JOIN post po USING (prompt_id)
             LEFT JOIN (SELECT DISTINCT ON (prompt_id) * FROM prompts) p USING (prompt_id)
-            ORDER BY m.score DESC NULLS LAST, n.prompt_id""", {"last": last_round})
+            ORDER BY m.score DESC NULLS LAST, n.prompt_id""")
         rows = t.to_pylist()
         reasons, explanations = [], []
         for row in rows:
@@ -460,7 +493,9 @@ def never_selected(run_dir: str | Path) -> pa.Table:
         t = t.append_column("explanation", pa.array(explanations, pa.string()))
         return t.append_column("prompt", prompt)
 
-    return _with_view(run_dir, None, query)
+    # posteriors: the latest snapshot only (every training prompt, after the last round)
+    last = published_rounds(run_dir)[-1:]
+    return _with_view(run_dir, {"selections": Need(), "posteriors": Need(tuple(last))}, query)
 
 
 # --- formatting ------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import duckdb
@@ -464,12 +463,11 @@ def test_audit_works_while_another_process_holds_the_database_read_write(run):
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(duckdb.IOException, match="(?i)lock"):
             duckdb.connect(str(run_dir / DB_NAME), read_only=True)   # the lock is real
-        t0 = time.monotonic()
         assert audit.round_candidates(run_dir, 1).num_rows == N_PROMPTS - 1
         assert audit.prompt_history(run_dir, "p05")["prompt_id"] == "p05"
         assert sorted(audit.never_selected(run_dir).column("prompt_id").to_pylist()) == \
             truth["never_selected"]
-        assert time.monotonic() - t0 < 10
+        assert holder.poll() is None                   # still holding it throughout
     finally:
         holder.kill()
         holder.wait()
