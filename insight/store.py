@@ -104,7 +104,7 @@ class RunStore:
 
     # -- generic helpers ------------------------------------------------------------
     def sql(self, query: str, params: list | tuple | None = None) -> pa.Table:
-        return self.con.execute(query, params or []).to_arrow_table()
+        return self.con.sql(query, params=params or None).to_arrow_table()
 
     def scalar(self, query: str, params: list | tuple | None = None):
         row = self.con.execute(query, params or []).fetchone()

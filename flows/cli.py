@@ -1,0 +1,168 @@
+"""`insight` command line: train, resume, audit, score, bench, deploy, sync-mlflow.
+
+Heavy imports (torch, Prefect, MLflow) happen inside each command, so `insight score`
+and `--help` stay fast and a command only pays for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from flows import env  # noqa: F401  (environment defaults before anything imports Prefect)
+
+
+def _parse_value(text: str):
+    """`--set rollout.k=4`: values are YAML scalars (numbers, booleans, lists)."""
+    import yaml
+    return yaml.safe_load(text)
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    if getattr(args, "selector", None):
+        out["selector.type"] = args.selector
+    if getattr(args, "rounds", None) is not None:
+        out["rounds"] = args.rounds
+    if getattr(args, "seed", None) is not None:
+        out["seed"] = args.seed
+    return out
+
+
+def default_run_dir(cfg) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name}-{cfg.selector.type}-s{cfg.seed}-{stamp}"
+
+
+def cmd_train(args) -> int:
+    from insight.config import load_config
+    from insight.run import load_run, open_or_create_run
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and (run_dir / "insight.duckdb").exists() and args.config is None \
+            and not args.set and not args.selector and args.seed is None:
+        # An existing run with no new config: continue it under its own stored config.
+        stored = load_run(run_dir).config
+        cfg = stored.model_copy(update={"rounds": args.rounds or stored.rounds})
+    else:
+        cfg = load_config(args.config, _overrides(args))
+    run_dir = run_dir or default_run_dir(cfg)
+    run = open_or_create_run(run_dir, cfg, allow_changed=args.allow_changed)
+    return _train(run, args.rounds or cfg.rounds, getattr(args, "max_new_rounds", None))
+
+
+def cmd_resume(args) -> int:
+    from insight.run import load_run, open_or_create_run
+
+    run = load_run(args.run_dir)
+    run = open_or_create_run(run.run_dir, run.config, allow_changed=False)
+    return _train(run, args.rounds or run.config.rounds, args.max_new_rounds)
+
+
+def _train(run, rounds: int, max_new_rounds: int | None) -> int:
+    from flows.train import train_flow
+
+    print(f"run {run.run_id} in {run.run_dir}  selector={run.config.selector.type} "
+          f"k={run.config.rollout.k} B={run.config.rollout.batch_size} rounds={rounds}",
+          flush=True)
+    t0 = time.time()
+    summary = train_flow(str(run.run_dir), rounds=rounds, max_new_rounds=max_new_rounds)
+    summary["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_sync_mlflow(args) -> int:
+    from insight.run import load_run
+    from tasks.tracking import sync, tracking_uri
+
+    run = load_run(args.run_dir)
+    done = sync(run)
+    print(json.dumps({"run_id": run.run_id, "tracking_uri": tracking_uri(run),
+                      "rounds_logged": done}))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from insight.score_io import run_score
+    return run_score(args) or 0
+
+
+def cmd_bench_overhead(args) -> int:
+    from insight.bench_overhead import run_overhead_benchmark
+    result = run_overhead_benchmark(n_prompts=args.n, k=args.k, repeats=args.repeats)
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="insight", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train (or continue) a run; prints a JSON summary last")
+    tr.add_argument("--config", help="YAML config (default: configs/tiny.yaml)")
+    tr.add_argument("--run-dir", help="run directory (default: runs/<name>-<selector>-s<seed>-<time>)")
+    tr.add_argument("--selector", help="override selector.type (insight, uniform, mopps, ...)")
+    tr.add_argument("--rounds", type=int, help="train up to this many rounds")
+    tr.add_argument("--seed", type=int, help="run seed")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override any config field, e.g. --set rollout.k=4 (repeatable)")
+    tr.add_argument("--max-new-rounds", type=int, help="stop after this many new rounds")
+    tr.add_argument("--allow-changed", action="store_true",
+                    help="continue an existing run even though its config or data changed")
+    tr.set_defaults(func=cmd_train)
+
+    rs = sub.add_parser("resume", help="continue a run from its first uncommitted round")
+    rs.add_argument("--run-dir", required=True)
+    rs.add_argument("--rounds", type=int, help="train up to this many rounds")
+    rs.add_argument("--max-new-rounds", type=int)
+    rs.set_defaults(func=cmd_resume)
+
+    sm = sub.add_parser("sync-mlflow", help="backfill MLflow from the run store")
+    sm.add_argument("--run-dir", required=True)
+    sm.set_defaults(func=cmd_sync_mlflow)
+
+    sc = sub.add_parser("score", help="score posteriors from a Parquet/CSV file")
+    try:
+        from insight.score_io import add_score_arguments
+        add_score_arguments(sc)
+    except ImportError:  # pragma: no cover - the selection core is always installed
+        pass
+    sc.set_defaults(func=cmd_score)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    ov = bench.add_parser("overhead", help="selection overhead at 1M prompts vs a memory floor")
+    ov.add_argument("--n", type=int, default=1_000_000)
+    ov.add_argument("--k", type=int, default=16)
+    ov.add_argument("--repeats", type=int, default=3)
+    ov.set_defaults(func=cmd_bench_overhead)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad config, bad data, a missing model path: say what and where, no traceback.
+        from insight.runlock import RunLockedError  # noqa: F401
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ == "RunLockedError":
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

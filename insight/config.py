@@ -1,0 +1,203 @@
+"""The run configuration: one pydantic schema, loaded from YAML, validated before training.
+
+Why pydantic with `extra="forbid"` everywhere: a typo in a YAML key (`temprature: 0.7`)
+must stop the run before it burns compute, with a message naming the field. Variants
+(data sources, selectors) are unions keyed on `type`, as in prime-rl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from insight.selectors import SelectorConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyConfig(_Strict):
+    path: str = Field("checkpoints/tiny-arith", description=(
+        "Local directory of a Hugging Face causal LM and its tokenizer (save_pretrained "
+        "layout). Relative paths resolve against the repository root. Never downloaded."))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "Where generation and the update run; auto picks CUDA when present."))
+    engine: Literal["hf", "vllm"] = Field("hf", description=(
+        "Rollout engine: transformers generate (CPU or GPU), or vLLM (GPU extra)."))
+    threads: int | None = Field(None, ge=1, description=(
+        "torch CPU threads; None keeps torch's default."))
+
+
+class ArithmeticData(_Strict):
+    type: Literal["arithmetic"] = "arithmetic"
+    n_train: int = Field(512, ge=1, description="Generated training prompts (the selection pool).")
+    n_eval: int = Field(128, ge=1, description="Generated held-out prompts, disjoint from training.")
+    min_digits: int = Field(1, ge=1, description="Fewest digits of an operand (easiest level).")
+    max_digits: int = Field(3, ge=1, description="Most digits of an operand (hardest level).")
+    ops: tuple[str, ...] = Field(("+", "-"), description="Operators to draw from: + - *.")
+    seed: int = Field(1234, description="Seed of the generator (independent of the run seed).")
+
+    @model_validator(mode="after")
+    def _digits_ordered(self):
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits ({self.min_digits}) > max_digits ({self.max_digits})")
+        return self
+
+
+class CountdownData(_Strict):
+    type: Literal["countdown"] = "countdown"
+    n_train: int = Field(512, ge=1, description="Generated training prompts.")
+    n_eval: int = Field(128, ge=1, description="Generated held-out prompts.")
+    n_numbers: int = Field(3, ge=2, description="Numbers given per instance.")
+    max_number: int = Field(9, ge=2, description="Largest number drawn.")
+    seed: int = Field(1234, description="Seed of the generator.")
+
+
+class LocalData(_Strict):
+    type: Literal["local"] = "local"
+    train_path: str = Field(description="Training prompts: .jsonl, .json, .csv or .parquet.")
+    eval_path: str = Field(description="Held-out prompts, same format.")
+    id_field: str = Field("prompt_id", description="Column holding a unique prompt id.")
+    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    answer_field: str = Field("answer", description="Column holding the reference answer.")
+    verifier: Literal["arithmetic", "countdown", "math"] = Field(
+        "math", description="Verifier applied to every row.")
+
+
+DataConfig = Annotated[Union[ArithmeticData, CountdownData, LocalData],
+                       Field(discriminator="type")]
+
+
+class RolloutConfig(_Strict):
+    k: int = Field(8, ge=1, description="Completions sampled per selected prompt (group size).")
+    batch_size: int = Field(16, ge=1, description="Prompts selected per round (B).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(8, ge=1, description="Cap on generated tokens per completion.")
+    success_threshold: float = Field(1.0, description=(
+        "A rollout counts as a success when its reward is at or above this."))
+
+
+class PosteriorConfig(_Strict):
+    lam: float = Field(1.0, gt=0, le=1, description=(
+        "Forgetting factor: 1 keeps all evidence, <1 decays it toward the prior."))
+    a0: float = Field(1.0, gt=0, description="Prior alpha.")
+    b0: float = Field(1.0, gt=0, description="Prior beta.")
+    decay: Literal["observed", "all"] = Field("observed", description=(
+        "Decay only the prompts observed this round (MoPPS) or every prompt."))
+    prior: Literal["fixed", "empirical-bayes"] = Field("fixed", description=(
+        "fixed: Beta(a0, b0) for unseen prompts; empirical-bayes (extension): refit the "
+        "prior of unseen prompts to the observed population each round."))
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip range (low side, and high unless set).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip (DAPO clip-higher).")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the k3 KL to the initial policy.")
+    epochs: int = Field(1, ge=1, description="Passes over the round's rollouts.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    normalize_std: bool = Field(True, description="Divide group advantages by the group std.")
+    keep_checkpoints: int = Field(2, ge=1, description=(
+        "Round checkpoints kept on disk (older ones are pruned after each commit)."))
+
+
+class EvalConfig(_Strict):
+    every: int = Field(5, ge=1, description="Held-out evaluation every N rounds (and the last).")
+    n_samples: int = Field(4, ge=1, description="Samples per held-out prompt (avg@n accuracy).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the evaluation.")
+    greedy: bool = Field(True, description="Also report greedy accuracy.")
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = Field(True, description="Log to MLflow (the store is the record either way).")
+    tracking_uri: str | None = Field(None, description=(
+        "MLflow tracking URI; None keeps a SQLite store inside the run directory."))
+    experiment: str = Field("insight", description="MLflow experiment name.")
+
+
+class RunConfig(_Strict):
+    """Everything that defines a training run. Hash-stable: resume compares hashes."""
+
+    name: str = Field("tiny", description="Human-readable run name prefix.")
+    seed: int = Field(0, description="Run seed; selection and generation seeds derive from (seed, round).")
+    rounds: int = Field(60, ge=1, description="Training rounds to reach.")
+    policy: PolicyConfig = PolicyConfig()
+    data: DataConfig = ArithmeticData()
+    rollout: RolloutConfig = RolloutConfig()
+    posterior: PosteriorConfig = PosteriorConfig()
+    selector: SelectorConfig = Field(default_factory=lambda: _default_selector(),
+                                     description="Which prompts to roll out next.")
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def resolved_policy_path(self) -> Path:
+        p = Path(self.policy.path).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    def identity_hash(self) -> str:
+        """Hash of what must not change under a resume (everything but `rounds`
+        and `tracking`, which may legitimately differ between invocations)."""
+        d = self.model_dump(mode="json", exclude={"rounds", "tracking"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default_selector():
+    from insight.selectors import InsightConfig
+    return InsightConfig()
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, unparsable, or fails validation."""
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load YAML, apply dotted overrides ({"rollout.k": 4, "selector.type": "uniform"}),
+    and validate. Errors name the file and the offending field."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: invalid config"]
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"])
+            lines.append(f"  {loc}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        nxt = d.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        d = nxt
+    if keys[-1] == "type" and isinstance(d.get("type"), str) and d["type"] != value:
+        # Switching a union variant: the old variant's fields do not apply to the new one.
+        d.clear()
+    d[keys[-1]] = value

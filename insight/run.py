@@ -1,0 +1,173 @@
+"""Creating a run, reopening it, and refusing a resume that would mix two experiments.
+
+A run directory holds one run: `insight.duckdb`, Parquet per round, policy checkpoints,
+and (by default) the MLflow store. Its identity is the config (minus the number of
+rounds and the tracking target) and the exact prompt set; resuming with either changed
+would silently splice two experiments, so it is refused unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from insight import datasets
+from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
+from insight.store import RunStore, utcnow
+
+EVAL_SPLIT_SEED_OFFSET = 7919  # held-out split drawn from a different stream than training
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every stage needs to find its inputs: where, which run, under which config."""
+
+    run_dir: Path
+    run_id: str
+    config: RunConfig
+
+
+def build_problems(cfg: RunConfig) -> tuple[list[datasets.Problem], list[datasets.Problem]]:
+    """Training pool and held-out split, generated or loaded, validated."""
+    data = cfg.data
+    if isinstance(data, ArithmeticData):
+        every = datasets.generate_arithmetic(
+            data.n_train + data.n_eval, data.seed, min_digits=data.min_digits,
+            max_digits=data.max_digits, ops=tuple(data.ops))
+        train, held_out = datasets.train_eval_split(
+            every, data.n_eval / (data.n_train + data.n_eval), data.seed + EVAL_SPLIT_SEED_OFFSET)
+    elif isinstance(data, CountdownData):
+        every = datasets.generate_countdown(data.n_train + data.n_eval, data.seed,
+                                            n_numbers=data.n_numbers, max_number=data.max_number)
+        train, held_out = datasets.train_eval_split(
+            every, data.n_eval / (data.n_train + data.n_eval), data.seed + EVAL_SPLIT_SEED_OFFSET)
+    elif isinstance(data, LocalData):
+        kw = dict(id_field=data.id_field, prompt_field=data.prompt_field,
+                  answer_field=data.answer_field, verifier=data.verifier)
+        train = datasets.load_problems(data.train_path, **kw)
+        held_out = datasets.load_problems(data.eval_path, **kw)
+    else:  # pragma: no cover - the union is closed
+        raise TypeError(f"unknown data config {type(data).__name__}")
+    datasets.validate_problems(train)
+    datasets.validate_problems(held_out)
+    clash = {p.prompt_id for p in train} & {p.prompt_id for p in held_out}
+    if clash:
+        raise ValueError(f"prompt ids in both training and held-out data: {sorted(clash)[:5]}")
+    return train, held_out
+
+
+def data_hash(train, held_out) -> str:
+    h = hashlib.sha256()
+    for split, problems in (("train", train), ("eval", held_out)):
+        for p in problems:
+            h.update(f"{split}\x1f{p.prompt_id}\x1f{p.prompt}\x1f{p.answer}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
+def check_policy_path(cfg: RunConfig) -> Path:
+    path = cfg.resolved_policy_path()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"policy.path does not exist or is not a directory: {path} "
+            "(rebuild the embedded one with `python -m insight.bootstrap --out "
+            "checkpoints/tiny-arith`)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"policy.path has no config.json (not a model directory): {path}")
+    return path
+
+
+def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False) -> Run:
+    """Reopen the run in `run_dir`, or create it. Everything is validated before any
+    training: config, policy path, dataset rows."""
+    run_dir = Path(run_dir).resolve()
+    check_policy_path(cfg)
+    train, held_out = build_problems(cfg)
+    dh = data_hash(train, held_out)
+    with RunStore(run_dir) as db:
+        existing = db.get_run()
+        if existing is not None:
+            _check_same_experiment(existing, cfg, dh, allow_changed)
+            if allow_changed:
+                cfg_old = config_from_dict(json.loads(existing["config_json"]))
+                # The stored config stays the record of how earlier rounds were made;
+                # the new one governs the rounds to come.
+                if cfg_old != cfg:
+                    db.con.execute("UPDATE runs SET config_json = ?, config_hash = ?, data_hash = ?",
+                                   [cfg.model_dump_json(), cfg.identity_hash(), dh])
+            else:
+                db.con.execute("UPDATE runs SET config_json = ?", [cfg.model_dump_json()])
+            return Run(run_dir, existing["run_id"], cfg)
+        run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+        with db.transaction():
+            db.con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [run_id, cfg.model_dump_json(), cfg.identity_hash(), dh,
+                            cfg.seed, cfg.selector.type, utcnow()])
+            db.insert("prompts", _prompt_rows(run_id, train, "train"))
+            db.insert("prompts", _prompt_rows(run_id, held_out, "eval"))
+        db.export_run_tables(run_id)
+    return Run(run_dir, run_id, cfg)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Reopen an existing run with its stored config (used by every stage)."""
+    run_dir = Path(run_dir).resolve()
+    with RunStore(run_dir) as db:
+        row = db.get_run()
+    if row is None:
+        raise FileNotFoundError(f"no run in {run_dir} (start one with `insight train`)")
+    return Run(run_dir, row["run_id"], config_from_dict(json.loads(row["config_json"])))
+
+
+def _check_same_experiment(existing: dict, cfg: RunConfig, dh: str, allow: bool) -> None:
+    changes = []
+    old = config_from_dict(json.loads(existing["config_json"]))
+    if existing["config_hash"] != cfg.identity_hash():
+        changes += _diff(old.model_dump(mode="json", exclude={"rounds", "tracking"}),
+                         cfg.model_dump(mode="json", exclude={"rounds", "tracking"}))
+    if existing["data_hash"] != dh:
+        changes.append(f"dataset contents (hash {existing['data_hash']} -> {dh})")
+    if changes and not allow:
+        raise ValueError("refusing to resume run {} with a changed setup:\n  {}\n"
+                         "pass --allow-changed to continue anyway".format(
+                             existing["run_id"], "\n  ".join(changes)))
+
+
+def _diff(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def _prompt_rows(run_id: str, problems, split: str) -> pa.Table:
+    return pa.table({
+        "run_id": [run_id] * len(problems),
+        "prompt_id": [p.prompt_id for p in problems],
+        "split": [split] * len(problems),
+        "source": [p.source for p in problems],
+        "prompt": [p.prompt for p in problems],
+        "answer": [p.answer for p in problems],
+        "difficulty": pa.array([p.difficulty for p in problems], pa.int32()),
+        "verifier": [p.verifier for p in problems],
+    })
+
+
+def load_problems_of(run: Run, split: str) -> list[datasets.Problem]:
+    with RunStore(run.run_dir) as db:
+        t = db.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier FROM prompts "
+                   "WHERE run_id = ? AND split = ? ORDER BY prompt_id", [run.run_id, split])
+    return [datasets.Problem(**row) for row in t.to_pylist()]
+
+
+def stage_seed(run_seed: int, round_: int, stream: int) -> int:
+    """Seeds derive from (run seed, round, stream) only, so a resumed run draws exactly
+    what an uninterrupted one would have drawn."""
+    return int(np.random.SeedSequence([run_seed, round_, stream]).generate_state(1)[0])

@@ -1,0 +1,80 @@
+"""One Prefect task per pipeline stage, each a few lines over an `insight.stages` function.
+
+Tasks take the run directory and the round number, never models or tensors: the store
+holds everything between stages, so Prefect can record, retry and resume each stage
+without serializing a model. Caching is off because a stage's result depends on the
+store's contents, not on its arguments; idempotence comes from the store instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from insight import stages
+from insight.run import load_run
+
+TRANSIENT = (duckdb.IOException, TimeoutError, ConnectionError, InterruptedError)
+
+
+def is_transient(task_, task_run, state) -> bool:
+    """Retry only what can succeed on a second try: a database lock held a little too
+    long, an I/O hiccup. A bug or bad data fails at once and marks the round failed."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _timed(fn, *args) -> dict:
+    """Run a stage and report its own compute time, so the flow can tell it apart
+    from orchestration overhead."""
+    t0 = time.perf_counter()
+    out = dict(fn(*args) or {})
+    out["stage_seconds"] = time.perf_counter() - t0
+    return out
+
+
+_opts = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+             retry_condition_fn=is_transient, persist_result=False)
+
+
+@task(name="initial-round", **_opts)
+def initial_round_task(run_dir: str) -> dict:
+    return stages.initial_round(load_run(run_dir))
+
+
+@task(name="acquisition-scoring", task_run_name="select-r{round_}", **_opts)
+def select_task(run_dir: str, round_: int) -> dict:
+    return _timed(stages.select, load_run(run_dir), round_)
+
+
+@task(name="rollout-generation", task_run_name="rollout-r{round_}", **_opts)
+def rollout_task(run_dir: str, round_: int) -> dict:
+    return _timed(stages.rollout, load_run(run_dir), round_)
+
+
+@task(name="posterior-update", task_run_name="posterior-r{round_}", **_opts)
+def posterior_task(run_dir: str, round_: int) -> dict:
+    return _timed(stages.update_posterior, load_run(run_dir), round_)
+
+
+@task(name="policy-update", task_run_name="train-r{round_}", **_opts)
+def train_task(run_dir: str, round_: int) -> dict:
+    return _timed(stages.train, load_run(run_dir), round_)
+
+
+@task(name="evaluation", task_run_name="eval-r{round_}", **_opts)
+def eval_task(run_dir: str, round_: int) -> dict:
+    return _timed(stages.evaluate, load_run(run_dir), round_)
+
+
+@task(name="commit", task_run_name="commit-r{round_}", **_opts)
+def commit_task(run_dir: str, round_: int, stage_seconds: dict[str, list[float]]) -> dict:
+    return stages.commit(load_run(run_dir), round_, stage_seconds)

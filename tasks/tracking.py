@@ -1,0 +1,134 @@
+"""MLflow tracking, fed from the run store.
+
+The store is the record; MLflow is a view of it. Every call here reads what a committed
+round wrote to the store and logs it, so logging can fail (server down, network gone)
+without losing anything: `insight sync-mlflow` replays the rounds MLflow missed. The
+`tracking` table remembers which rounds reached MLflow and under which MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from insight.run import Run
+from insight.store import RunStore, round_dir, utcnow
+
+log = logging.getLogger("insight.tracking")
+
+# An unreachable server must cost seconds, not MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+RUN_LEVEL = -1  # `tracking.round` of the row that records the MLflow run itself
+
+
+def tracking_uri(run: Run) -> str:
+    return run.config.tracking.tracking_uri or f"sqlite:///{run.run_dir / 'mlflow.db'}"
+
+
+def _client(run: Run):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=tracking_uri(run))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, val in d.items():
+        if isinstance(val, dict):
+            out.update(_flatten(val, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(val) if isinstance(val, (list, tuple)) else str(val)
+    return out
+
+
+def ensure_mlflow_run(run: Run, flow_run_id: str | None = None) -> str:
+    """The MLflow run of this training run: created once (config as params), reused on
+    resume; the latest Prefect flow run id is kept as a tag."""
+    client = _client(run)
+    with RunStore(run.run_dir) as db:
+        mlflow_run_id = db.scalar("SELECT mlflow_run_id FROM tracking WHERE run_id = ? AND "
+                                  "round = ?", [run.run_id, RUN_LEVEL])
+    if mlflow_run_id is None:
+        exp = client.get_experiment_by_name(run.config.tracking.experiment)
+        if exp is None:
+            location = None
+            if run.config.tracking.tracking_uri is None:
+                location = (run.run_dir / "mlartifacts").as_uri()
+            exp_id = client.create_experiment(run.config.tracking.experiment,
+                                              artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        mr = client.create_run(exp_id, run_name=run.run_id,
+                               tags={"insight.run_id": run.run_id,
+                                     "insight.run_dir": str(run.run_dir),
+                                     "insight.selector": run.config.selector.type})
+        mlflow_run_id = mr.info.run_id
+        params = _flatten(run.config.model_dump(mode="json"))
+        from mlflow.entities import Param
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(mlflow_run_id, params=items[i:i + 100])
+        with RunStore(run.run_dir) as db:
+            db.con.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
+                           [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow()])
+    if flow_run_id:
+        client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
+    return mlflow_run_id
+
+
+def log_round(run: Run, round_: int, mlflow_run_id: str) -> None:
+    """Metrics (step = round) and the round's Parquet and plots as artifacts."""
+    from mlflow.entities import Metric
+    client = _client(run)
+    with RunStore(run.run_dir) as db:
+        row = db.round_row(run.run_id, round_)
+    if row is None or row["status"] != "committed":
+        raise RuntimeError(f"round {round_} is not committed; nothing to log")
+    metrics = json.loads(row["metrics_json"] or "{}")
+    ts = int(row["finished_at"].timestamp() * 1000)
+    batch = [Metric(k, float(v), ts, round_) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(batch), 200):
+        client.log_batch(mlflow_run_id, metrics=batch[i:i + 200])
+    folder = round_dir(run.run_dir, round_)
+    if folder.is_dir():
+        client.log_artifacts(mlflow_run_id, str(folder), artifact_path=f"rounds/{folder.name}")
+    with RunStore(run.run_dir) as db:
+        db.con.execute("DELETE FROM tracking WHERE run_id = ? AND round = ?", [run.run_id, round_])
+        db.con.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
+                       [run.run_id, round_, mlflow_run_id, utcnow()])
+
+
+def untracked_rounds(run: Run) -> list[int]:
+    with RunStore(run.run_dir) as db:
+        t = db.sql("SELECT round FROM rounds WHERE run_id = ? AND status = 'committed' AND "
+                   "round NOT IN (SELECT round FROM tracking WHERE run_id = ?) ORDER BY round",
+                   [run.run_id, run.run_id])
+    return t.column("round").to_pylist()
+
+
+def sync(run: Run, flow_run_id: str | None = None) -> list[int]:
+    """Backfill every committed round MLflow has not seen. Returns the rounds logged."""
+    mlflow_run_id = ensure_mlflow_run(run, flow_run_id)
+    done = []
+    for r in untracked_rounds(run):
+        log_round(run, r, mlflow_run_id)
+        done.append(r)
+    return done
+
+
+def try_sync(run: Run, flow_run_id: str | None = None) -> str | None:
+    """Best effort during training: on any tracking failure, warn and carry on; the
+    store keeps everything and `insight sync-mlflow` backfills later."""
+    if not run.config.tracking.enabled:
+        return None
+    try:
+        sync(run, flow_run_id)
+        return None
+    except Exception as err:  # noqa: BLE001 - tracking must never stop training
+        msg = f"MLflow tracking failed ({type(err).__name__}: {err}); training continues, " \
+              f"run `insight sync-mlflow --run-dir {run.run_dir}` to backfill"
+        log.warning(msg)
+        return msg
