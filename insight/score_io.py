@@ -1,0 +1,210 @@
+"""`insight score`: acquisition scores for posteriors that come from elsewhere.
+
+Input (Parquet, or CSV by extension .csv / .csv.gz / .tsv): one row per prompt with
+``prompt_id`` and either ``alpha, beta`` (a Beta posterior per prompt) or ``successes,
+trials`` (counts; the posterior is Beta(a0 + successes, b0 + trials - successes)).
+An optional integer column ``k`` overrides the rollout count per prompt.
+
+Output (Parquet, or CSV by extension): long format, one row per (selector, prompt):
+selector, prompt_id, score, rank (1 = best, by descending score within the selector, ties
+by a seeded draw), selected (rank <= batch_size when a batch size is given, else null),
+mi, weight, alpha, beta, mean, difficulty_factor, evidence_factor, sampled_p, k.
+Scores use ``insight.acquisition.score_components`` (higher is better); for uniform and
+dynamic-sampling the score is a seeded uniform key (their candidate order).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from insight import acquisition
+from insight.acquisition import SELECTORS, _describe
+
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+_OUT_COLUMNS = ("selector", "prompt_id", "score", "rank", "selected", "mi", "weight", "alpha",
+                "beta", "mean", "difficulty_factor", "evidence_factor", "sampled_p", "k")
+
+
+def _is_csv(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(_CSV_SUFFIXES)
+
+
+def read_table(path) -> pa.Table:
+    """Read Parquet or CSV (prompt_id always read as a string)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input file not found: {path}")
+    try:
+        if _is_csv(path):
+            delim = "\t" if path.name.lower().endswith(".tsv") else ","
+            return pacsv.read_csv(
+                path, parse_options=pacsv.ParseOptions(delimiter=delim),
+                convert_options=pacsv.ConvertOptions(column_types={"prompt_id": pa.string()}))
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+
+
+def _numeric(table: pa.Table, name: str, ids) -> np.ndarray:
+    col = table.column(name)
+    if col.null_count:
+        bad = np.asarray(col.is_null().to_pylist(), dtype=bool)
+        raise ValueError(f"column {name!r} is empty; offending {_describe(bad, ids)}")
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise ValueError(f"column {name!r} must be numeric, got {col.type}")
+    return acquisition.as_float_array(col.to_numpy(zero_copy_only=False), name, ids)
+
+
+def load_posteriors(table: pa.Table, *, a0: float = 1.0, b0: float = 1.0):
+    """(prompt_ids, alpha, beta, k or None) from a table of alpha/beta or successes/trials."""
+    cols = set(table.column_names)
+    if "prompt_id" not in cols:
+        raise ValueError(f"input lacks column 'prompt_id'; it has {table.column_names}")
+    pid = table.column("prompt_id")
+    if pid.null_count:
+        raise ValueError(f"prompt_id has {pid.null_count} empty entries")
+    ids = np.asarray([str(x) for x in pid.to_pylist()], dtype=object)
+    empty = np.asarray([x == "" for x in ids], dtype=bool)
+    if empty.any():
+        raise ValueError(f"prompt_id must be non-empty; offending {_describe(empty)}")
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"duplicate prompt ids: {[str(u) for u in uniq[counts > 1][:10]]}")
+    if {"alpha", "beta"} <= cols:
+        if {"successes", "trials"} & cols:
+            raise ValueError("input has both alpha/beta and successes/trials columns; "
+                             "keep one pair")
+        alpha, beta = acquisition.validate_alpha_beta(_numeric(table, "alpha", ids),
+                                                      _numeric(table, "beta", ids), ids)
+    elif {"successes", "trials"} <= cols:
+        from insight.posterior import update, validate_outcomes
+
+        s, t = validate_outcomes(_numeric(table, "successes", ids),
+                                 _numeric(table, "trials", ids), ids)
+        alpha, beta = update(np.full(len(ids), float(a0)), np.full(len(ids), float(b0)), s, t,
+                             lam=1.0, a0=a0, b0=b0)
+    else:
+        raise ValueError("input needs columns prompt_id with alpha, beta or with successes, "
+                         f"trials; it has {table.column_names}")
+    k = None
+    if "k" in cols:
+        k = acquisition.validate_k(_numeric(table, "k", ids), len(ids), ids)
+    return ids, alpha, beta, k
+
+
+def score_table(ids, alpha, beta, selectors: list[str], k, *, seed: int = 0,
+                batch_size: int | None = None, **params) -> pa.Table:
+    """Long-format scores of several selectors (see module doc). ``params`` are shared:
+    each selector takes the ones that apply to it (an unknown name raises)."""
+    if not selectors:
+        raise ValueError(f"no selector given; choose from {list(SELECTORS)}")
+    for name in selectors:
+        if name not in SELECTORS:
+            raise ValueError(f"unknown selector {name!r}; choose from {list(SELECTORS)}")
+    if len(set(selectors)) != len(selectors):
+        raise ValueError(f"selector listed twice: {selectors}")
+    applicable = set().union(*(acquisition.selector_params(s) for s in selectors))
+    given = {p for p, v in params.items() if v is not None}
+    unused = sorted(given - applicable)
+    if unused:
+        raise ValueError(f"parameter(s) {unused} apply to none of the selectors {selectors}; "
+                         f"they take {sorted(applicable) or 'none'}")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    kk = acquisition.validate_k(k, len(ids) if np.ndim(k) else None, ids)
+    n = len(ids)
+    parts = []
+    for i, name in enumerate(selectors):
+        rng = np.random.default_rng([seed, i])
+        mine = {p: v for p, v in params.items()
+                if p in acquisition.selector_params(name) and v is not None}
+        comp = acquisition.score_components(name, alpha, beta, kk, rng=rng, prompt_ids=ids,
+                                            **mine)
+        order = np.lexsort((rng.random(n), -comp["score"]))
+        rank = np.empty(n, dtype=np.int32)
+        rank[order] = np.arange(1, n + 1, dtype=np.int32)
+        selected = (pa.array(rank <= batch_size) if batch_size is not None
+                    else pa.nulls(n, pa.bool_()))
+        kcol = np.broadcast_to(np.asarray(kk, dtype=np.int64), (n,))
+        parts.append(pa.table({
+            "selector": pa.array([name] * n, pa.string()),
+            "prompt_id": pa.array(ids.tolist(), pa.string()),
+            "score": comp["score"], "rank": rank, "selected": selected,
+            "mi": comp["mi"],
+            "weight": pa.array(comp["weight"], mask=np.isnan(comp["weight"])),
+            "alpha": alpha, "beta": beta, "mean": comp["mean"],
+            "difficulty_factor": comp["difficulty_factor"],
+            "evidence_factor": comp["evidence_factor"],
+            "sampled_p": pa.array(comp["sampled_p"], mask=np.isnan(comp["sampled_p"])),
+            "k": kcol,
+        }))
+    return pa.concat_tables(parts)
+
+
+def score_file(in_path, out_path, selectors: list[str], k: int, *, seed: int = 0,
+               **params) -> Path:
+    """Score the posteriors of ``in_path`` with each selector and write ``out_path``.
+
+    ``k``: rollouts per prompt (a ``k`` column in the input overrides it per prompt).
+    ``params``: a0, b0 (prior for successes/trials input, default 1, 1), batch_size (marks
+    the top-B as selected), and the scoring parameters weight, gamma, tau, sigma.
+    """
+    a0 = params.pop("a0", None)
+    b0 = params.pop("b0", None)
+    a0 = 1.0 if a0 is None else float(a0)
+    b0 = 1.0 if b0 is None else float(b0)
+    batch_size = params.pop("batch_size", None)
+    if isinstance(selectors, str):
+        selectors = [s.strip() for s in selectors.split(",") if s.strip()]
+    ids, alpha, beta, kcol = load_posteriors(read_table(in_path), a0=a0, b0=b0)
+    out = score_table(ids, alpha, beta, list(selectors), k if kcol is None else kcol,
+                      seed=seed, batch_size=batch_size, **params)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if _is_csv(out_path):
+        pacsv.write_csv(out, out_path)
+    else:
+        pq.write_table(out, out_path)
+    return out_path
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `insight score`."""
+    parser.add_argument("input", help="Parquet or CSV with prompt_id and alpha, beta "
+                                      "(or successes, trials)")
+    parser.add_argument("output", help="output file (.parquet, or .csv)")
+    parser.add_argument("--selector", "-s", action="append", dest="selectors",
+                        metavar="NAME", help=f"selector(s) to score, repeatable or comma "
+                        f"separated: {', '.join(SELECTORS)} (default: insight)")
+    parser.add_argument("--k", type=int, default=8, help="rollouts per prompt (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random draws and ties")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="mark the top B of each selector as selected")
+    parser.add_argument("--a0", type=float, default=None, help="prior alpha for counts input")
+    parser.add_argument("--b0", type=float, default=None, help="prior beta for counts input")
+    parser.add_argument("--weight", choices=["power", "gaussian"], default=None,
+                        help="difficulty weight of insight selectors (default power)")
+    parser.add_argument("--gamma", type=float, default=None, help="power weight exponent")
+    parser.add_argument("--tau", type=float, default=None, help="target success rate")
+    parser.add_argument("--sigma", type=float, default=None, help="gaussian weight width")
+    return parser
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Run `insight score` from parsed arguments; prints the output path. Returns 0."""
+    names: list[str] = []
+    for item in args.selectors or ["insight"]:
+        names.extend(s.strip() for s in item.split(",") if s.strip())
+    params = {p: getattr(args, p) for p in ("weight", "gamma", "tau", "sigma")
+              if getattr(args, p, None) is not None}
+    out = score_file(args.input, args.output, names, args.k, seed=args.seed,
+                     a0=args.a0, b0=args.b0, batch_size=args.batch_size, **params)
+    print(out)
+    return 0
