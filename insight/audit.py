@@ -81,12 +81,14 @@ class _RunView:
     `need` is read once, with its filter, into an in-memory table (one scan over the
     round files, instead of one per reference in a query); the others are empty tables of
     the store's schema, so every query binds. Columns of SCHEMA missing from the files
-    read as NULL; a NULL gen_batch reads as 0; the completions are never loaded."""
+    read as NULL; a NULL or missing gen_batch reads as 0; the completions are never loaded."""
 
     def __init__(self, run_dir: str | Path, need: dict[str, Need] | None = None):
         self.run_dir = Path(run_dir)
         self.rounds = published_rounds(run_dir)
         self.con = duckdb.connect(":memory:")
+        # footers are read once per file even when a query scans a table twice
+        self.con.execute("SET parquet_metadata_cache = true")
         root = self.run_dir / PARQUET_DIR
         for table in _RUN_TABLES:
             self._create(table, [root / f"{table}.parquet"], "", view=True)
@@ -111,7 +113,8 @@ class _RunView:
             if table == "rollouts" and name not in _ROLLOUT_COLUMNS:
                 continue
             if present is None or name not in present:
-                cols.append(f"CAST(NULL AS {typ}) AS {name}")
+                default = "0" if name == "gen_batch" else "NULL"
+                cols.append(f"CAST({default} AS {typ}) AS {name}")
             elif name == "gen_batch":
                 cols.append("coalesce(gen_batch, 0)::INTEGER AS gen_batch")
             else:

@@ -146,10 +146,14 @@ def build_run(run_dir: Path, seed: int = 0) -> dict:
 
         for r in range(1, ROUNDS + 2):
             db.start_round(RUN_ID, r, f"flow-{r}")
+            if r == ROUNDS + 1:
+                # The round in flight: it selected every prompt, but it is not committed,
+                # so no audit may count it (else nothing would be "never selected").
+                sel, _ = _score_rows(r, ids, alpha, beta, set(), N_PROMPTS, 0)
+                db.replace_round_rows("selections", RUN_ID, r, sel)
+                break
             sel, chosen = _score_rows(r, ids, alpha, beta, {OUT_OF_POOL}, BATCH, 0)
             db.replace_round_rows("selections", RUN_ID, r, sel)
-            if r == ROUNDS + 1:      # the round in flight: selected, never committed
-                break
             ro, succ = _rollout_rows(r, chosen, 0, rng, ids)
             tables, selected = [ro], list(chosen)
             truth["candidates"][r] = {0: sel}
@@ -518,3 +522,61 @@ def test_every_docs_query_runs_on_the_synthetic_run(run, index):
     finally:
         con.close()
     assert result, f"query {index} returned no rows on the synthetic run:\n{query}"
+
+
+# --- a run written by two versions of the store ------------------------------------------
+def test_columns_added_mid_run_read_as_null_in_older_rounds(tmp_path):
+    """Round 1 was published by a store without `gen_batch` and `mean`; round 2 by one
+    with them and with an extra column. Older rounds read those columns as NULL (and
+    gen_batch as 0), the extra column is ignored."""
+    ids = ["a", "b", "c"]
+    with RunStore(tmp_path) as db:
+        db.insert("prompts", pa.table({"run_id": ["r"] * 3, "prompt_id": ids,
+                                       "split": ["train"] * 3, "prompt": ids}))
+        db.export_run_tables("r")
+        db.con.execute("ALTER TABLE selections DROP COLUMN gen_batch")
+        db.con.execute("ALTER TABLE selections DROP COLUMN mean")
+        for r in range(3):
+            if r == 2:
+                db.con.execute("ALTER TABLE selections ADD COLUMN gen_batch INTEGER")
+                db.con.execute("ALTER TABLE selections ADD COLUMN mean DOUBLE")
+                db.con.execute("ALTER TABLE selections ADD COLUMN novelty DOUBLE")
+            db.start_round("r", r, None)
+            if r > 0:
+                sel = {"run_id": ["r"] * 3, "round": pa.array([r] * 3, pa.int32()),
+                       "prompt_id": ids, "score": [0.3, 0.2, 0.1],
+                       "selected": [True, False, False],
+                       "rank": pa.array([0, 1, 2], pa.int32())}   # 0-based ranks
+                if r == 2:
+                    sel["mean"] = [0.5, 0.5, 0.5]
+                db.replace_round_rows("selections", "r", r, pa.table(sel))
+            db.replace_round_rows("posteriors", "r", r, pa.table({
+                "run_id": ["r"] * 3, "round": pa.array([r] * 3, pa.int32()),
+                "prompt_id": ids, "alpha": [1.0 + r] * 3, "beta": [1.0] * 3}))
+            db.commit_round("r", r, checkpoint="c", selector_state={}, rollouts_consumed=0,
+                            metrics={})
+            db.export_round("r", r)
+    h = audit.prompt_history(tmp_path, "b")
+    rows = h["rounds"].to_pylist()
+    assert [r["gen_batch"] for r in rows] == [None, 0, 0]
+    assert rows[1]["sel_mean"] is None and rows[2]["sel_mean"] == 0.5
+    assert [r["position"] for r in rows[1:]] == [2, 2]        # 1-based from 0-based ranks
+    assert "rank 2 of 3, cut at 1" in h["explanation"]
+    t = audit.never_selected(tmp_path)
+    assert sorted(t.column("prompt_id").to_pylist()) == ["b", "c"]
+    assert audit.round_candidates(tmp_path, 1).column("gen_batch").to_pylist() == [0, 0, 0]
+
+
+def test_docs_never_selected_query_agrees_with_the_audit(run):
+    """The SQL recipe on insight.duckdb must ignore the uncommitted round in flight and
+    name the same prompts as `never_selected`."""
+    run_dir, truth = run
+    query = next(q for q in _doc_queries() if "never AS (" in q)
+    con = duckdb.connect(str(run_dir / DB_NAME), read_only=True)
+    try:
+        rows = con.execute(query).fetchall()
+    finally:
+        con.close()
+    assert sorted(r[0] for r in rows) == truth["never_selected"]
+    why = {r[0]: r[-1] for r in rows}
+    assert why[OUT_OF_POOL] == "never scored" and why["p04"] == "too easy"
