@@ -92,6 +92,28 @@ def cmd_sync_mlflow(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from flows.deploy import serve_training
+    from insight.config import load_config
+    from insight.run import load_run, open_or_create_run
+
+    if (Path(args.run_dir) / "insight.duckdb").exists() and args.config is None:
+        run = load_run(args.run_dir)
+        run = open_or_create_run(run.run_dir, run.config)
+    else:
+        run = open_or_create_run(args.run_dir, load_config(args.config, _overrides(args)))
+    print(f"serving scheduled training of {run.run_id} ({run.run_dir}): "
+          f"{args.rounds_per_run} rounds per flow run; Ctrl-C stops", flush=True)
+    serve_training(run, cron=args.cron, interval=args.interval,
+                   rounds_per_run=args.rounds_per_run, rounds=args.rounds)
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from insight.audit import run_audit
+    return run_audit(args)
+
+
 def cmd_score(args) -> int:
     from insight.score_io import run_score
     return run_score(args) or 0
@@ -126,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--rounds", type=int, help="train up to this many rounds")
     rs.add_argument("--max-new-rounds", type=int)
     rs.set_defaults(func=cmd_resume)
+
+    au = sub.add_parser("audit", help="why were prompts (not) selected: a round or a prompt")
+    from insight.audit import add_audit_arguments
+    add_audit_arguments(au)
+    au.set_defaults(func=cmd_audit)
+
+    dp = sub.add_parser("deploy", help="serve the training flow on a schedule (Prefect)")
+    dp.add_argument("--run-dir", required=True, help="run to advance (created if missing)")
+    dp.add_argument("--config", help="YAML config for a new run")
+    dp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    dp.add_argument("--selector")
+    dp.add_argument("--seed", type=int)
+    dp.add_argument("--cron", help='cron schedule, e.g. "0 * * * *"')
+    dp.add_argument("--interval", type=float, help="schedule every N seconds instead of cron")
+    dp.add_argument("--rounds-per-run", type=int, default=5, help="rounds each scheduled run trains")
+    dp.add_argument("--rounds", type=int, help="total rounds to reach")
+    dp.set_defaults(func=cmd_deploy)
 
     sm = sub.add_parser("sync-mlflow", help="backfill MLflow from the run store")
     sm.add_argument("--run-dir", required=True)

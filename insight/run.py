@@ -98,14 +98,14 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
                 # The stored config stays the record of how earlier rounds were made;
                 # the new one governs the rounds to come.
                 if cfg_old != cfg:
-                    db.con.execute("UPDATE runs SET config_json = ?, config_hash = ?, data_hash = ?",
+                    db.execute("UPDATE runs SET config_json = ?, config_hash = ?, data_hash = ?",
                                    [cfg.model_dump_json(), cfg.identity_hash(), dh])
             else:
-                db.con.execute("UPDATE runs SET config_json = ?", [cfg.model_dump_json()])
+                db.execute("UPDATE runs SET config_json = ?", [cfg.model_dump_json()])
             return Run(run_dir, existing["run_id"], cfg)
         run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         with db.transaction():
-            db.con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [run_id, cfg.model_dump_json(), cfg.identity_hash(), dh,
                             cfg.seed, cfg.selector.type, utcnow()])
             db.insert("prompts", _prompt_rows(run_id, train, "train"))

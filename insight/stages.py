@@ -88,7 +88,7 @@ def _selector_state(run: Run, round_: int) -> dict:
 
 def _save_selector_state(run: Run, round_: int, state: dict) -> None:
     with RunStore(run.run_dir) as db:
-        db.con.execute("UPDATE rounds SET selector_state = ? WHERE run_id = ? AND round = ?",
+        db.execute("UPDATE rounds SET selector_state = ? WHERE run_id = ? AND round = ?",
                        [json.dumps(state), run.run_id, round_])
 
 

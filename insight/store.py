@@ -94,7 +94,7 @@ class RunStore:
         self.con = _connect_with_retry(self.path, self.read_only)
         if not self.read_only:
             for name, ddl in SCHEMA.items():
-                self.con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
+                self.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,19 +106,24 @@ class RunStore:
     def sql(self, query: str, params: list | tuple | None = None) -> pa.Table:
         return self.con.sql(query, params=params or None).to_arrow_table()
 
+    def execute(self, query: str, params: list | tuple | None = None) -> None:
+        """Run a statement to completion (DuckDB 2 refuses new work on a connection
+        whose previous result was left unfetched)."""
+        self.con.execute(query, params or []).fetchall()
+
     def scalar(self, query: str, params: list | tuple | None = None):
-        row = self.con.execute(query, params or []).fetchone()
-        return None if row is None else row[0]
+        rows = self.con.execute(query, params or []).fetchall()
+        return rows[0][0] if rows else None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN TRANSACTION")
+        self.execute("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
+        self.execute("COMMIT")
 
     def insert(self, table: str, rows: pa.Table) -> None:
         """Append an Arrow table whose columns are a subset of the table's columns."""
@@ -127,7 +132,7 @@ class RunStore:
         cols = ", ".join(rows.column_names)
         self.con.register("_insert_rows", rows)
         try:
-            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _insert_rows")
+            self.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _insert_rows")
         finally:
             self.con.unregister("_insert_rows")
 
@@ -136,7 +141,7 @@ class RunStore:
         """Idempotent write: delete this round's rows of `table` (optionally narrowed by
         `where`), then insert `rows`, in one transaction."""
         with self.transaction():
-            self.con.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ? {where}",
+            self.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ? {where}",
                              [run_id, round_])
             self.insert(table, rows)
 
@@ -171,16 +176,16 @@ class RunStore:
             raise ValueError(f"round {round_} of run {run_id} is already committed")
         with self.transaction():
             for table in ROUND_OUTPUT_TABLES:
-                self.con.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ?",
+                self.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ?",
                                  [run_id, round_])
-            self.con.execute("DELETE FROM rounds WHERE run_id = ? AND round = ?",
+            self.execute("DELETE FROM rounds WHERE run_id = ? AND round = ?",
                              [run_id, round_])
-            self.con.execute(
+            self.execute(
                 "INSERT INTO rounds (run_id, round, status, started_at, flow_run_id) "
                 "VALUES (?, ?, 'running', ?, ?)", [run_id, round_, utcnow(), flow_run_id])
 
     def fail_round(self, run_id: str, round_: int, error: str) -> None:
-        self.con.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = ? "
+        self.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = ? "
                          "WHERE run_id = ? AND round = ? AND status <> 'committed'",
                          [error[:4000], utcnow(), run_id, round_])
 
@@ -191,7 +196,7 @@ class RunStore:
                             "AND status = 'running'", [run_id, round_])
             if n != 1:
                 raise RuntimeError(f"round {round_} is not running; cannot commit it")
-            self.con.execute(
+            self.execute(
                 "UPDATE rounds SET status = 'committed', finished_at = ?, checkpoint = ?, "
                 "selector_state = ?, rollouts_consumed = ?, metrics_json = ?, error = NULL "
                 "WHERE run_id = ? AND round = ?",
@@ -203,9 +208,9 @@ class RunStore:
         """`seconds`: the stage's own compute; `wall_seconds`: as seen by the flow, so the
         difference is the orchestration overhead (Prefect, store I/O, model loading)."""
         with self.transaction():
-            self.con.execute("DELETE FROM stages WHERE run_id = ? AND round = ? AND stage = ?",
+            self.execute("DELETE FROM stages WHERE run_id = ? AND round = ? AND stage = ?",
                              [run_id, round_, stage])
-            self.con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?)",
+            self.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?)",
                              [run_id, round_, stage, float(seconds),
                               None if wall_seconds is None else float(wall_seconds), utcnow()])
 

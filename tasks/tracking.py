@@ -72,7 +72,7 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None) -> str:
         for i in range(0, len(items), 100):
             client.log_batch(mlflow_run_id, params=items[i:i + 100])
         with RunStore(run.run_dir) as db:
-            db.con.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
+            db.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
                            [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow()])
     if flow_run_id:
         client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
@@ -96,8 +96,8 @@ def log_round(run: Run, round_: int, mlflow_run_id: str) -> None:
     if folder.is_dir():
         client.log_artifacts(mlflow_run_id, str(folder), artifact_path=f"rounds/{folder.name}")
     with RunStore(run.run_dir) as db:
-        db.con.execute("DELETE FROM tracking WHERE run_id = ? AND round = ?", [run.run_id, round_])
-        db.con.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
+        db.execute("DELETE FROM tracking WHERE run_id = ? AND round = ?", [run.run_id, round_])
+        db.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
                        [run.run_id, round_, mlflow_run_id, utcnow()])
 
 
