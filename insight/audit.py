@@ -216,12 +216,12 @@ def _check_round(run_dir, round_: int, rounds: list[int]) -> None:
             f"candidates. Rounds with selections: {_ranges(selection_rounds)}")
 
 
-# Per (round, gen_batch) of the rows in `mine`: how many candidates, how many selected,
+# For each row of `mine` (a prompt's scoring in one round and generation batch): how many candidates, how many selected,
 # the place of mine in the ranking, and the lowest selected candidate (the cut) with the
 # factors of its score. `src` holds every candidate of those rounds; one pass over it.
 _STATS_SQL = """
     stats AS (
-        SELECT m.round, m.gen_batch, count(*) AS candidates,
+        SELECT m.prompt_id, m.round, m.gen_batch, count(*) AS candidates,
                sum(s.selected::INT) AS n_selected,
                1 + sum(CASE WHEN m.rank IS NOT NULL THEN (s.rank < m.rank)::INT
                             ELSE (s.score > m.score)::INT END) AS position,
@@ -229,7 +229,7 @@ _STATS_SQL = """
                arg_min(s.weight, s.score) FILTER (WHERE s.selected) AS cut_weight,
                arg_min(s.mi, s.score) FILTER (WHERE s.selected) AS cut_mi
         FROM {src} s JOIN {mine} m ON s.round = m.round AND s.gen_batch = m.gen_batch
-        GROUP BY m.round, m.gen_batch)
+        GROUP BY m.prompt_id, m.round, m.gen_batch)
 """
 
 
@@ -302,11 +302,11 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
                    m.weight, m.mi, m.mean AS sel_mean, m.alpha AS sel_alpha,
                    m.beta AS sel_beta, o.successes, o.trials,
                    p.alpha AS post_alpha, p.beta AS post_beta,
-                   p.alpha / (p.alpha + p.beta) AS post_mean, m.gen_batch,
+                   p.alpha / (p.alpha + p.beta) AS post_mean, m.gen_batch, m.selector,
                    st.cut_weight, st.cut_mi
             FROM _published r
             LEFT JOIN mine m USING (round)
-            LEFT JOIN stats st USING (round, gen_batch)
+            LEFT JOIN stats st USING (prompt_id, round, gen_batch)
             LEFT JOIN outcome o USING (round)
             LEFT JOIN post p USING (round)
             ORDER BY r.round""", {"p": prompt_id})
@@ -358,8 +358,14 @@ def _f(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+# Selectors whose score is a random key (draw order), not a judgement of the prompt.
+_RANDOM_KEY_SELECTORS = ("uniform", "dynamic-sampling")
+
+
 def _reason(row: dict) -> str:
     """A short label for why a scored candidate was not selected."""
+    if row.get("selector") in _RANDOM_KEY_SELECTORS:
+        return "not drawn"
     score, cut = row.get("score"), row.get("cut_score")
     if score is not None and cut is not None and score >= cut:
         return "not drawn"
@@ -380,14 +386,19 @@ def _why_not(row: dict) -> str:
     score, cut = row.get("score"), row.get("cut_score")
     if cut is None:
         return f"round {r} selected no candidate of its batch ({place})"
+    if row.get("selector") in _RANDOM_KEY_SELECTORS:
+        return (f"not drawn by the {row['selector']} selector in round {r} (its score is a "
+                f"random key; {place})")
     if reason == "not drawn":
         return (f"its score {_f(score)} is not below the lowest selected score {_f(cut)} of "
                 f"round {r}, but it was not drawn ({place}; a sampling selector or a tie)")
     parts = []
-    if row.get("sel_mean") is not None and row.get("weight") is not None:
-        parts.append(f"its posterior mean {_f(row['sel_mean'], 2)} gives weight "
-                     f"{_f(row['weight'], 2)}")
-    if row.get("mi") is not None and row.get("sel_alpha") is not None:
+    if row.get("sel_mean") is not None:
+        weight = row.get("weight")
+        parts.append(f"its posterior mean {_f(row['sel_mean'], 2)}"
+                     + (f" gives weight {_f(weight, 2)}" if weight is not None else ""))
+    if row.get("weight") is not None and row.get("mi") is not None \
+            and row.get("sel_alpha") is not None:
         n_ev = row["sel_alpha"] + row["sel_beta"]
         parts.append(f"Beta({_f(row['sel_alpha'])}, {_f(row['sel_beta'])}) (n={_f(n_ev)}) "
                      f"leaves MI {_f(row['mi'])}")
@@ -459,7 +470,26 @@ def never_selected(run_dir: str | Path) -> pa.Table:
                 SELECT * FROM selections WHERE prompt_id IN (SELECT prompt_id FROM never)
                 QUALIFY row_number() OVER (PARTITION BY prompt_id
                                            ORDER BY round DESC, gen_batch DESC) = 1),
-            {_STATS_SQL.format(mine='mine', src='selections')},
+            batches AS (SELECT DISTINCT round, gen_batch FROM mine),
+            -- places by window over the batches involved (no candidates x prompts join)
+            ranked AS (
+                SELECT s.prompt_id, s.round, s.gen_batch,
+                       row_number() OVER (PARTITION BY s.round, s.gen_batch
+                           ORDER BY s.rank NULLS LAST, s.score DESC, s.prompt_id) AS position,
+                       count(*) OVER (PARTITION BY s.round, s.gen_batch) AS candidates
+                FROM selections s JOIN batches b USING (round, gen_batch)),
+            cut AS (
+                SELECT s.round, s.gen_batch, count(*) AS n_selected,
+                       min(s.score) AS cut_score, arg_min(s.weight, s.score) AS cut_weight,
+                       arg_min(s.mi, s.score) AS cut_mi
+                FROM selections s JOIN batches b USING (round, gen_batch)
+                WHERE s.selected GROUP BY s.round, s.gen_batch),
+            stats AS (
+                SELECT r.prompt_id, r.round, r.gen_batch, r.position, r.candidates,
+                       coalesce(c.n_selected, 0) AS n_selected, c.cut_score, c.cut_weight,
+                       c.cut_mi
+                FROM ranked r JOIN mine m USING (prompt_id, round, gen_batch)
+                LEFT JOIN cut c USING (round, gen_batch)),
             post AS (SELECT prompt_id, alpha / (alpha + beta) AS post_mean
                      FROM posteriors)
             SELECT n.prompt_id, p.difficulty, coalesce(t.times_scored, 0) AS times_scored,
@@ -467,11 +497,13 @@ def never_selected(run_dir: str | Path) -> pa.Table:
                    st.candidates::INTEGER AS candidates,
                    st.n_selected::INTEGER AS n_selected, st.cut_score,
                    m.weight, m.mi, m.mean AS sel_mean, m.alpha AS sel_alpha,
-                   m.beta AS sel_beta, po.post_mean, st.cut_weight, st.cut_mi, p.prompt
+                   m.beta AS sel_beta, po.post_mean, m.selector, st.cut_weight, st.cut_mi,
+                   p.prompt
             FROM never n
             LEFT JOIN tally t USING (prompt_id)
             LEFT JOIN mine m USING (prompt_id)
-            LEFT JOIN stats st ON st.round = m.round AND st.gen_batch = m.gen_batch
+            LEFT JOIN stats st ON st.prompt_id = m.prompt_id AND st.round = m.round
+                                  AND st.gen_batch = m.gen_batch
             LEFT JOIN post po USING (prompt_id)
             LEFT JOIN (SELECT DISTINCT ON (prompt_id) * FROM prompts) p USING (prompt_id)
             ORDER BY m.score DESC NULLS LAST, n.prompt_id""")

@@ -379,6 +379,15 @@ def test_never_selected_is_exactly_the_prompts_no_round_picked(run):
             r = rows[f"p{i:02d}"]
             assert r["reason"] == "too easy" and r["last_round"] == ROUNDS
             assert r["last_position"] > BATCH and r["last_score"] < r["cut_score"]
+    # the last scoring matches that round's candidate list exactly
+    cands = {c["prompt_id"]: c for c in audit.round_candidates(run_dir, ROUNDS).to_pylist()}
+    for pid, r in rows.items():
+        if r["last_round"] == ROUNDS:
+            c = cands[pid]
+            assert (r["last_position"], r["candidates"], r["last_score"]) == \
+                (c["position"], c["candidates"], c["score"])
+            assert r["n_selected"] == BATCH
+            assert r["cut_score"] == min(x["score"] for x in cands.values() if x["selected"])
     # closest to the cut first, the never-scored last
     assert t.column("prompt_id").to_pylist()[-1] == OUT_OF_POOL
     scores = [s for s in t.column("last_score").to_pylist() if s is not None]
@@ -580,3 +589,25 @@ def test_docs_never_selected_query_agrees_with_the_audit(run):
     assert sorted(r[0] for r in rows) == truth["never_selected"]
     why = {r[0]: r[-1] for r in rows}
     assert why[OUT_OF_POOL] == "never scored" and why["p04"] == "too easy"
+
+
+@pytest.mark.parametrize("row, reason, phrase", [
+    ({"selector": "insight", "score": 0.01, "weight": 0.1, "mi": 0.2, "sel_mean": 0.97,
+      "cut_weight": 1.0, "cut_mi": 0.2}, "too easy", "posterior mean 0.97 gives weight 0.1"),
+    ({"selector": "insight", "score": 0.01, "weight": 0.1, "mi": 0.2, "sel_mean": 0.03,
+      "cut_weight": 1.0, "cut_mi": 0.2}, "too hard", "too hard: "),
+    ({"selector": "insight", "score": 0.01, "weight": 0.9, "mi": 0.01, "sel_mean": 0.5,
+      "cut_weight": 1.0, "cut_mi": 0.2}, "well measured", "leaves MI 0.01"),
+    ({"selector": "insight", "score": 0.5, "weight": 1.0, "mi": 0.5, "sel_mean": 0.5,
+      "cut_weight": 1.0, "cut_mi": 0.2}, "not drawn", "a sampling selector or a tie"),
+    ({"selector": "mopps", "score": -0.2, "weight": None, "mi": 0.3, "sel_mean": 0.9,
+      "cut_weight": None, "cut_mi": 0.3}, "below cut", "its posterior mean 0.9, score"),
+    ({"selector": "uniform", "score": 1.1, "weight": None, "mi": 0.3, "sel_mean": 0.5,
+      "cut_weight": None, "cut_mi": 0.3}, "not drawn", "random key"),
+])
+def test_reasons_for_not_being_selected(row, reason, phrase):
+    row = {"round": 9, "position": 30, "candidates": 64, "n_selected": 8, "cut_score": 0.2,
+           "sel_alpha": 3.0, "sel_beta": 2.0, **row}
+    assert audit._reason(row) == reason
+    text = audit._why_not(row)
+    assert phrase in text and "rank 30 of 64, cut at 8" in text
