@@ -42,6 +42,15 @@ CHECKPOINT_DIR = "checkpoints"
 _POLICY_CACHE: dict[tuple[str, str], tuple] = {}
 
 
+def apply_threads(run: Run) -> None:
+    """Pin torch's CPU threads when the config says so. On a small shared machine,
+    intra-op threads that outnumber free cores spin-wait and slow a tiny model down
+    by an order of magnitude; one thread is the safe choice there."""
+    if run.config.policy.threads:
+        import torch
+        torch.set_num_threads(run.config.policy.threads)
+
+
 def cached_policy(path: str, device: str):
     """Read-only policy for generation. Checkpoint directories are immutable once
     renamed into place, so caching by path is safe; two entries cover the policy of
@@ -164,6 +173,7 @@ def rollout(run: Run, round_: int) -> dict:
     until B groups with mixed outcomes are kept, and every generation is recorded."""
     cfg = run.config
     problems = {p.prompt_id: p for p in load_problems_of(run, "train")}
+    apply_threads(run)
     model, tok = cached_policy(policy_checkpoint(run, round_ - 1), cfg.policy.device)
     with RunStore(run.run_dir) as db:
         chosen = db.sql("SELECT prompt_id FROM selections WHERE run_id = ? AND round = ? AND "
@@ -284,6 +294,7 @@ def train(run: Run, round_: int) -> dict:
                    "p.prompt FROM rollouts r JOIN prompts p USING (run_id, prompt_id) "
                    "WHERE r.run_id = ? AND r.round = ? AND r.kept "
                    "ORDER BY r.gen_batch, r.prompt_id, r.sample_idx", [run.run_id, round_])
+    apply_threads(run)
     model, tok, opt = grpo.load_trainer_state(src, lr=cfg.train.lr,
                                               device=str(policy_model.resolve_device(cfg.policy.device)))
     ref = None
@@ -327,6 +338,7 @@ def evaluate(run: Run, round_: int, *, force: bool = False) -> dict:
     if not force and round_ % cfg.eval.every != 0 and round_ != cfg.rounds:
         return {}
     ckpt = policy_checkpoint(run, 0) if round_ == 0 else str(checkpoint_dir(run, round_))
+    apply_threads(run)
     model, tok = cached_policy(ckpt, cfg.policy.device)
     held_out = load_problems_of(run, "eval")
     common = dict(max_new_tokens=cfg.rollout.max_new_tokens, top_p=cfg.rollout.top_p)

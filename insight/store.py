@@ -93,8 +93,11 @@ class RunStore:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.con = _connect_with_retry(self.path, self.read_only)
         if not self.read_only:
+            have = {r[0] for r in self.con.execute(
+                "SELECT table_name FROM duckdb_tables()").fetchall()}
             for name, ddl in SCHEMA.items():
-                self.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
+                if name not in have:
+                    self.execute(f"CREATE TABLE {name} ({ddl})")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,7 +29,7 @@ N_TRAIN, N_EVAL, K, B, ROUNDS = 24, 8, 4, 4, 3
 def tiny_config(policy_dir: Path, **over) -> dict:
     cfg = {
         "name": "e2e", "seed": 3, "rounds": ROUNDS,
-        "policy": {"path": str(policy_dir), "device": "cpu"},
+        "policy": {"path": str(policy_dir), "device": "cpu", "threads": 1},
         "data": {"type": "arithmetic", "n_train": N_TRAIN, "n_eval": N_EVAL,
                  "min_digits": 1, "max_digits": 2, "seed": 5},
         "rollout": {"k": K, "batch_size": B, "max_new_tokens": 4},
