@@ -42,7 +42,8 @@ E[.] = sum w T / sum w.
 
 Accuracy: relative error below ~1e-11 against 50-digit mpmath for a, b in [0.01, 1e6] and
 k in [1, 2000] (tests/test_acquisition.py). Three implementations share it:
-``_mi_numba`` (compiled, parallel over chunks of prompts; used when numba is importable
+``_mi_numba`` (compiled with numba, vectorized across blocks of 8 prompts, one slice of the
+prompts per thread; used when numba is importable
 and INSIGHT_DISABLE_NUMBA is unset), ``_mi_numpy`` (the same recurrences vectorized with
 numpy; fallback and reference, tested equal) and ``mi_naive`` (the DESIGN formula with
 scipy per y; benchmark reference only).
@@ -256,17 +257,19 @@ def difficulty_weight(mean, weight: str = "power", *, gamma: float = DEFAULT_GAM
 
 def _weight_unchecked(m: np.ndarray, weight: str, gamma: float, tau: float,
                       sigma: float) -> np.ndarray:
+    shape = np.shape(m)
+    m = np.atleast_1d(m)
     if weight == "power":
         w = 1.0 - m
         w *= m
         w *= 4.0
         if gamma != 1.0:
             np.power(w, gamma, out=w)
-        return w
+        return w.reshape(shape)
     d = m - tau
     d *= d
     d *= -1.0 / (2.0 * sigma * sigma)
-    return np.exp(d, out=d)
+    return np.exp(d, out=d).reshape(shape)
 
 
 def _check_weight_params(weight, gamma, tau, sigma) -> None:
@@ -547,7 +550,7 @@ def mi_naive(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 # numba implementation
 # --------------------------------------------------------------------------------------
 _NUMBA_DISABLED = os.environ.get("INSIGHT_DISABLE_NUMBA", "") not in ("", "0")
-_numba_kernels = None  # (uniform-k kernel, per-prompt-k kernel) once compiled
+_numba_kernels = None  # (scalar kernel, lane kernel) once compiled
 
 
 def numba_available() -> bool:
@@ -560,270 +563,338 @@ def numba_available() -> bool:
     return True
 
 
-def _build_numba():
-    import numba
+# Compiled kernels. Plain Python until ``_build_numba`` rebinds each name in _NUMBA_SPECS to
+# its numba dispatcher (lazily, so importing this module does not import numba).
+def _nb_g_series(x):
+    u = 1.0 / x
+    u2 = u * u
+    poly = _C1 + u2 * (_C2 + u2 * (_C3 + u2 * (_C4 + u2 * (_C5 + u2 * (_C6 + u2 * _C7)))))
+    return u * 0.5 + u2 * poly
 
-    @numba.njit(cache=True, inline="always", fastmath={"contract"})
-    def g_series(x):
-        u = 1.0 / x
-        u2 = u * u
-        poly = _C1 + u2 * (_C2 + u2 * (_C3 + u2 * (_C4 + u2 * (_C5 + u2 * (_C6 + u2 * _C7)))))
-        return u * 0.5 + u2 * poly
+def _nb_g_scalar(x):
+    if x >= G_SERIES_MIN:
+        return _nb_g_series(x)
+    top = 0
+    while x + top < G_SERIES_MIN:
+        top += 1
+    psi = math.log(x + top) - _nb_g_series(x + top)
+    for z in range(top - 1, -1, -1):
+        psi -= 1.0 / (x + z)
+    return math.log(x) - psi
 
-    @numba.njit(cache=True, fastmath={"contract"})
-    def g_scalar(x):
-        if x >= G_SERIES_MIN:
-            return g_series(x)
-        top = 0
-        while x + top < G_SERIES_MIN:
-            top += 1
-        psi = math.log(x + top) - g_series(x + top)
+def _nb_fill_g(c, k, g, u):
+    """g[z] = g(c+z), u[z] = 1/(c+z) for z < k."""
+    top = 0
+    while c + top < G_SERIES_MIN:
+        top += 1
+    for z in range(top, k):
+        x = c + z
+        uz = 1.0 / x
+        u[z] = uz
+        u2 = uz * uz
+        g[z] = uz * 0.5 + u2 * (_C1 + u2 * (_C2 + u2 * (_C3 + u2 * (_C4 + u2 * (
+            _C5 + u2 * (_C6 + u2 * _C7))))))
+    if top > 0:
+        psi = math.log(c + top) - _nb_g_series(c + top)
         for z in range(top - 1, -1, -1):
-            psi -= 1.0 / (x + z)
-        return math.log(x) - psi
-
-    @numba.njit(cache=True, fastmath={"contract"})
-    def fill_g(c, k, g, u):
-        """g[z] = g(c+z), u[z] = 1/(c+z) for z < k."""
-        top = 0
-        while c + top < G_SERIES_MIN:
-            top += 1
-        for z in range(top, k):
             x = c + z
             uz = 1.0 / x
-            u[z] = uz
-            u2 = uz * uz
-            g[z] = uz * 0.5 + u2 * (_C1 + u2 * (_C2 + u2 * (_C3 + u2 * (_C4 + u2 * (
-                _C5 + u2 * (_C6 + u2 * _C7))))))
-        if top > 0:
-            psi = math.log(c + top) - g_series(c + top)
-            for z in range(top - 1, -1, -1):
-                x = c + z
-                uz = 1.0 / x
-                psi -= uz
-                if z < k:
-                    u[z] = uz
-                    g[z] = math.log(x) - psi
-
-    @numba.njit(cache=True, fastmath={"contract"})
-    def mi_one(a, b, k, ga, ua, gb, ub, tb, inv_int):
-        if a > b:
-            a, b = b, a
-        n = a + b
-        fill_g(a, k, ga, ua)
-        fill_g(b, k, gb, ub)
-        tb[0] = 0.0
-        for z in range(k):
-            tb[z + 1] = tb[z] + (z + 1) * ub[z] - gb[z]
-        x = n + k
-        inv = 1.0 / x
-        if k * (k + 1.0) <= 8.0 * x:
-            # prod = 1 - e with sum(d) <= 4 so prod >~ e^-4: accumulate e (no cancellation),
-            # in two interleaved chains (shorter dependency chains), then log1p(-e)
-            e1 = 0.0
-            e2 = 0.0
-            for j in range(0, k - 1, 2):
-                d1 = (k - j) * inv
-                d2 = (k - j - 1) * inv
-                e1 = e1 + d1 * (1.0 - e1)
-                e2 = e2 + d2 * (1.0 - e2)
-            if k % 2 == 1:
-                e1 = e1 + inv * (1.0 - e1)
-            logprod = math.log1p(-(e1 + e2 * (1.0 - e1)))
-        else:
-            logprod = 0.0
-            prod = 1.0
-            for j in range(k):
-                f = (n + j) * inv
-                prod *= f
-                if (j + 1) % _BLOCK == 0:
-                    logprod += math.log(prod)
-                    prod = 1.0
-            logprod += math.log(prod)
-        cn = k * g_scalar(x) + logprod
-        w = 1.0
-        ta = 0.0
-        num = 0.0
-        den = 0.0
-        for y in range(k):
-            num += w * (ta + tb[k - y])
-            den += w
-            ta += (y + 1) * ua[y] - ga[y]
-            f = ((k - y) * inv_int[y + 1]) * ((a + y) * ub[k - 1 - y])
-            w *= f
-            if w > _RESCALE_AT:
-                w *= 1.0 / _RESCALE_AT
-                num *= 1.0 / _RESCALE_AT
-                den *= 1.0 / _RESCALE_AT
-        num += w * ta
-        den += w
-        return cn + num / den
-
-    @numba.njit(cache=True, parallel=True, fastmath={"contract"})
-    def mi_per_k(a, b, k, out, chunk):
-        n = a.shape[0]
-        kmax = 1
-        for i in range(n):
-            if k[i] > kmax:
-                kmax = k[i]
-        inv_int = np.ones(kmax + 2)
-        for j in range(1, kmax + 2):
-            inv_int[j] = 1.0 / j
-        nchunks = (n + chunk - 1) // chunk
-        for c in numba.prange(nchunks):
-            ga = np.empty(kmax + 1)
-            ua = np.empty(kmax + 1)
-            gb = np.empty(kmax + 1)
-            ub = np.empty(kmax + 1)
-            tb = np.empty(kmax + 1)
-            lo = c * chunk
-            hi = min(n, lo + chunk)
-            for i in range(lo, hi):
-                out[i] = mi_one(a[i], b[i], k[i], ga, ua, gb, ub, tb, inv_int)
-
-    @numba.njit(cache=True, fastmath={"contract"})
-    def fix_small_lane(c, k, g, l):
-        """g[z, l] = log(c+z) - psi(c+z) for the z < k with c + z < 10."""
-        top = 0
-        while c + top < G_SERIES_MIN:
-            top += 1
-        psi = math.log(c + top) - g_series(c + top)
-        for z in range(top - 1, -1, -1):
-            x = c + z
-            psi -= 1.0 / x
+            psi -= uz
             if z < k:
-                g[z, l] = math.log(x) - psi
+                u[z] = uz
+                g[z] = math.log(x) - psi
 
-    @numba.njit(cache=True, fastmath={"contract"}, inline="always")
-    def series_table(cvec, kpad, g, u):
-        """u[z, l] = 1/(c_l + z), g[z, l] = series g(c_l + z) for z < kpad (a multiple of
-        4): one division per 4 reciprocals, 1/x_i = (prod_{j != i} x_j) / prod_j x_j."""
-        for z in range(0, kpad, 4):
+def _nb_mi_one(a, b, k, ga, ua, gb, ub, tb, inv_int):
+    if a > b:
+        a, b = b, a
+    n = a + b
+    _nb_fill_g(a, k, ga, ua)
+    _nb_fill_g(b, k, gb, ub)
+    tb[0] = 0.0
+    for z in range(k):
+        tb[z + 1] = tb[z] + (z + 1) * ub[z] - gb[z]
+    x = n + k
+    inv = 1.0 / x
+    if k * (k + 1.0) <= 8.0 * x:
+        # prod = 1 - e with sum(d) <= 4 so prod >~ e^-4: accumulate e (no cancellation),
+        # in two interleaved chains (shorter dependency chains), then log1p(-e)
+        e1 = 0.0
+        e2 = 0.0
+        for j in range(0, k - 1, 2):
+            d1 = (k - j) * inv
+            d2 = (k - j - 1) * inv
+            e1 = e1 + d1 * (1.0 - e1)
+            e2 = e2 + d2 * (1.0 - e2)
+        if k % 2 == 1:
+            e1 = e1 + inv * (1.0 - e1)
+        logprod = math.log1p(-(e1 + e2 * (1.0 - e1)))
+    else:
+        logprod = 0.0
+        prod = 1.0
+        for j in range(k):
+            f = (n + j) * inv
+            prod *= f
+            if (j + 1) % _BLOCK == 0:
+                logprod += math.log(prod)
+                prod = 1.0
+        logprod += math.log(prod)
+    cn = k * _nb_g_scalar(x) + logprod
+    w = 1.0
+    ta = 0.0
+    num = 0.0
+    den = 0.0
+    for y in range(k):
+        num += w * (ta + tb[k - y])
+        den += w
+        ta += (y + 1) * ua[y] - ga[y]
+        f = ((k - y) * inv_int[y + 1]) * ((a + y) * ub[k - 1 - y])
+        w *= f
+        if w > _RESCALE_AT:
+            w *= 1.0 / _RESCALE_AT
+            num *= 1.0 / _RESCALE_AT
+            den *= 1.0 / _RESCALE_AT
+    num += w * ta
+    den += w
+    return cn + num / den
+
+def _nb_mi_per_k(a, b, k, out, chunk):
+    n = a.shape[0]
+    kmax = 1
+    for i in range(n):
+        if k[i] > kmax:
+            kmax = k[i]
+    inv_int = np.ones(kmax + 2)
+    for j in range(1, kmax + 2):
+        inv_int[j] = 1.0 / j
+    nchunks = (n + chunk - 1) // chunk
+    for c in range(nchunks):
+        ga = np.empty(kmax + 1)
+        ua = np.empty(kmax + 1)
+        gb = np.empty(kmax + 1)
+        ub = np.empty(kmax + 1)
+        tb = np.empty(kmax + 1)
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        for i in range(lo, hi):
+            out[i] = _nb_mi_one(a[i], b[i], k[i], ga, ua, gb, ub, tb, inv_int)
+
+def _nb_fix_small_lane(c, k, g, l):
+    """g[z, l] = log(c+z) - psi(c+z) for the z < k with c + z < 10."""
+    top = 0
+    while c + top < G_SERIES_MIN:
+        top += 1
+    psi = math.log(c + top) - _nb_g_series(c + top)
+    for z in range(top - 1, -1, -1):
+        x = c + z
+        psi -= 1.0 / x
+        if z < k:
+            g[z, l] = math.log(x) - psi
+
+def _nb_series_table(cvec, kpad, g, u):
+    """u[z, l] = 1/(c_l + z), g[z, l] = series g(c_l + z) for z < kpad (a multiple of
+    4): one division per 4 reciprocals, 1/x_i = (prod_{j != i} x_j) / prod_j x_j."""
+    for z in range(0, kpad, 4):
+        for l in range(_LANES):
+            x0 = cvec[l] + z
+            x1 = x0 + 1.0
+            x2 = x0 + 2.0
+            x3 = x0 + 3.0
+            p01 = x0 * x1
+            p23 = x2 * x3
+            r = 1.0 / (p01 * p23)
+            u[z, l] = x1 * p23 * r
+            u[z + 1, l] = x0 * p23 * r
+            u[z + 2, l] = p01 * x3 * r
+            u[z + 3, l] = p01 * x2 * r
+        for zz in range(z, z + 4):
             for l in range(_LANES):
-                x0 = cvec[l] + z
-                x1 = x0 + 1.0
-                x2 = x0 + 2.0
-                x3 = x0 + 3.0
-                p01 = x0 * x1
-                p23 = x2 * x3
-                r = 1.0 / (p01 * p23)
-                u[z, l] = x1 * p23 * r
-                u[z + 1, l] = x0 * p23 * r
-                u[z + 2, l] = p01 * x3 * r
-                u[z + 3, l] = p01 * x2 * r
-            for zz in range(z, z + 4):
-                for l in range(_LANES):
-                    uz = u[zz, l]
-                    u2 = uz * uz
-                    g[zz, l] = uz * 0.5 + u2 * (_C1 + u2 * (_C2 + u2 * (_C3 + u2 * (
-                        _C4 + u2 * (_C5 + u2 * (_C6 + u2 * _C7))))))
+                uz = u[zz, l]
+                u2 = uz * uz
+                g[zz, l] = uz * 0.5 + u2 * (_C1 + u2 * (_C2 + u2 * (_C3 + u2 * (
+                    _C4 + u2 * (_C5 + u2 * (_C6 + u2 * _C7))))))
 
-    @numba.njit(cache=True, fastmath={"contract"}, parallel=True)
-    def mi_lanes(a, b, k, out, chunk_blocks):
-        """Same math as mi_one, _LANES prompts at a time so the compiler vectorizes across
-        prompts. Requires k <= _LANES_KMAX (weights below 2^k: no rescaling) and a, b in
-        [_LANES_MIN, _LANES_MAX] (products of four arguments stay finite)."""
-        n = a.shape[0]
-        nblocks = (n + _LANES - 1) // _LANES
-        nchunks = (nblocks + chunk_blocks - 1) // chunk_blocks
-        kpad = ((k + 3) // 4) * 4
-        coef = np.empty(k + 1)
-        for y in range(k):
-            coef[y] = (k - y) / (y + 1.0)
-        for ch in numba.prange(nchunks):
-            av = np.empty(_LANES)
-            bv = np.empty(_LANES)
-            ga = np.empty((kpad, _LANES))
-            ua = np.empty((kpad, _LANES))
-            gb = np.empty((kpad, _LANES))
-            ub = np.empty((kpad, _LANES))
-            tb = np.empty((k + 1, _LANES))
-            nn = np.empty(_LANES)
-            inv = np.empty(_LANES)
-            e1 = np.empty(_LANES)
-            prod = np.empty(_LANES)
-            lp = np.empty(_LANES)
-            cn = np.empty(_LANES)
-            w = np.empty(_LANES)
-            ta = np.empty(_LANES)
-            num = np.empty(_LANES)
-            den = np.empty(_LANES)
-            for blk in range(ch * chunk_blocks, min(nblocks, (ch + 1) * chunk_blocks)):
-                base = blk * _LANES
+def _nb_mi_lanes(a, b, k, out, chunk_blocks):
+    """Same math as _nb_mi_one, _LANES prompts at a time so the compiler vectorizes across
+    prompts. Requires k <= _LANES_KMAX (weights below 2^k: no rescaling) and a, b in
+    [_LANES_MIN, _LANES_MAX] (products of four arguments stay finite)."""
+    n = a.shape[0]
+    nblocks = (n + _LANES - 1) // _LANES
+    nchunks = (nblocks + chunk_blocks - 1) // chunk_blocks
+    kpad = ((k + 3) // 4) * 4
+    coef = np.empty(k + 1)
+    for y in range(k):
+        coef[y] = (k - y) / (y + 1.0)
+    for ch in range(nchunks):
+        av = np.empty(_LANES)
+        bv = np.empty(_LANES)
+        ga = np.empty((kpad, _LANES))
+        ua = np.empty((kpad, _LANES))
+        gb = np.empty((kpad, _LANES))
+        ub = np.empty((kpad, _LANES))
+        tb = np.empty((k + 1, _LANES))
+        nn = np.empty(_LANES)
+        inv = np.empty(_LANES)
+        e1 = np.empty(_LANES)
+        prod = np.empty(_LANES)
+        lp = np.empty(_LANES)
+        cn = np.empty(_LANES)
+        w = np.empty(_LANES)
+        ta = np.empty(_LANES)
+        num = np.empty(_LANES)
+        den = np.empty(_LANES)
+        for blk in range(ch * chunk_blocks, min(nblocks, (ch + 1) * chunk_blocks)):
+            base = blk * _LANES
+            for l in range(_LANES):
+                i = base + l
+                x = 1.0
+                y = 1.0
+                if i < n:
+                    x = a[i]
+                    y = b[i]
+                av[l] = min(x, y)
+                bv[l] = max(x, y)
+            _nb_series_table(av, kpad, ga, ua)
+            _nb_series_table(bv, kpad, gb, ub)
+            for l in range(_LANES):
+                if av[l] < G_SERIES_MIN:
+                    _nb_fix_small_lane(av[l], k, ga, l)
+                if bv[l] < G_SERIES_MIN:
+                    _nb_fix_small_lane(bv[l], k, gb, l)
+            for l in range(_LANES):
+                tb[0, l] = 0.0
+            for z in range(k):
                 for l in range(_LANES):
-                    i = base + l
-                    x = 1.0
-                    y = 1.0
-                    if i < n:
-                        x = a[i]
-                        y = b[i]
-                    av[l] = min(x, y)
-                    bv[l] = max(x, y)
-                series_table(av, kpad, ga, ua)
-                series_table(bv, kpad, gb, ub)
+                    tb[z + 1, l] = tb[z, l] + (z + 1) * ub[z, l] - gb[z, l]
+            # C_n = k g(n+k) + log prod_{j<k} (n+j)/(n+k)
+            for l in range(_LANES):
+                nn[l] = av[l] + bv[l]
+                inv[l] = 1.0 / (nn[l] + k)
+                e1[l] = 0.0
+                prod[l] = 1.0
+                lp[l] = 0.0
+            for j in range(k):
                 for l in range(_LANES):
-                    if av[l] < G_SERIES_MIN:
-                        fix_small_lane(av[l], k, ga, l)
-                    if bv[l] < G_SERIES_MIN:
-                        fix_small_lane(bv[l], k, gb, l)
-                for l in range(_LANES):
-                    tb[0, l] = 0.0
-                for z in range(k):
+                    e1[l] = e1[l] + ((k - j) * inv[l]) * (1.0 - e1[l])
+                    prod[l] = prod[l] * ((nn[l] + j) * inv[l])
+                if (j + 1) % _BLOCK == 0:
                     for l in range(_LANES):
-                        tb[z + 1, l] = tb[z, l] + (z + 1) * ub[z, l] - gb[z, l]
-                # C_n = k g(n+k) + log prod_{j<k} (n+j)/(n+k)
+                        lp[l] += math.log(prod[l])
+                        prod[l] = 1.0
+            for l in range(_LANES):
+                x = nn[l] + k
+                if k * (k + 1.0) <= 8.0 * x:
+                    logprod = math.log1p(-e1[l])
+                else:
+                    logprod = lp[l] + math.log(prod[l])
+                cn[l] = k * _nb_g_scalar(x) + logprod
+                w[l] = 1.0
+                ta[l] = 0.0
+                num[l] = 0.0
+                den[l] = 0.0
+            for y in range(k):
+                cy = coef[y]
                 for l in range(_LANES):
-                    nn[l] = av[l] + bv[l]
-                    inv[l] = 1.0 / (nn[l] + k)
-                    e1[l] = 0.0
-                    prod[l] = 1.0
-                    lp[l] = 0.0
-                for j in range(k):
-                    for l in range(_LANES):
-                        e1[l] = e1[l] + ((k - j) * inv[l]) * (1.0 - e1[l])
-                        prod[l] = prod[l] * ((nn[l] + j) * inv[l])
-                    if (j + 1) % _BLOCK == 0:
-                        for l in range(_LANES):
-                            lp[l] += math.log(prod[l])
-                            prod[l] = 1.0
-                for l in range(_LANES):
-                    x = nn[l] + k
-                    if k * (k + 1.0) <= 8.0 * x:
-                        logprod = math.log1p(-e1[l])
-                    else:
-                        logprod = lp[l] + math.log(prod[l])
-                    cn[l] = k * g_scalar(x) + logprod
-                    w[l] = 1.0
-                    ta[l] = 0.0
-                    num[l] = 0.0
-                    den[l] = 0.0
-                for y in range(k):
-                    cy = coef[y]
-                    for l in range(_LANES):
-                        num[l] += w[l] * (ta[l] + tb[k - y, l])
-                        den[l] += w[l]
-                        ta[l] += (y + 1) * ua[y, l] - ga[y, l]
-                        w[l] *= cy * ((av[l] + y) * ub[k - 1 - y, l])
-                for l in range(_LANES):
-                    i = base + l
-                    if i < n:
-                        out[i] = cn[l] + (num[l] + w[l] * ta[l]) / (den[l] + w[l])
+                    num[l] += w[l] * (ta[l] + tb[k - y, l])
+                    den[l] += w[l]
+                    ta[l] += (y + 1) * ua[y, l] - ga[y, l]
+                    w[l] *= cy * ((av[l] + y) * ub[k - 1 - y, l])
+            for l in range(_LANES):
+                i = base + l
+                if i < n:
+                    out[i] = cn[l] + (num[l] + w[l] * ta[l]) / (den[l] + w[l])
 
-    return mi_per_k, mi_lanes
+
+_NUMBA_SPECS = (
+    ("_nb_g_series", dict(inline="always", fastmath={"contract"})),
+    ("_nb_g_scalar", dict(fastmath={"contract"})),
+    ("_nb_fill_g", dict(fastmath={"contract"})),
+    ("_nb_mi_one", dict(fastmath={"contract"})),
+    ("_nb_mi_per_k", dict(fastmath={"contract"})),
+    ("_nb_fix_small_lane", dict(fastmath={"contract"})),
+    ("_nb_series_table", dict(fastmath={"contract"}, inline="always")),
+    ("_nb_mi_lanes", dict(fastmath={"contract"}, nogil=True)),
+)
+
+
+def _default_threads() -> int:
+    env = os.environ.get("INSIGHT_NUM_THREADS", "")
+    if env.strip():
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_num_threads = _default_threads()
+_pool = None
+_MIN_PER_THREAD = 32768   # prompts; smaller inputs run on the calling thread
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the compiled kernel (default: the CPUs this process may use, or
+    INSIGHT_NUM_THREADS)."""
+    global _num_threads
+    if int(n) < 1:
+        raise ValueError(f"need at least one thread, got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    return _num_threads
+
+
+def _run_threaded(kernel, a, b, k, out, chunk_blocks) -> None:
+    """Split the prompts into contiguous slices run by a pool of threads; the kernel
+    releases the GIL (nogil), so plain Python threads run the slices in parallel."""
+    global _pool
+    n = a.shape[0]
+    threads = min(_num_threads, max(1, n // _MIN_PER_THREAD))
+    if threads == 1:
+        kernel(a, b, k, out, chunk_blocks)
+        return
+    if _pool is None or _pool._max_workers < threads:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="insight-mi")
+    # many more slices than threads: a thread that gets descheduled (a busy machine) holds
+    # up one small slice, not half of the work
+    pieces = max(threads, min(8 * threads, n // _MIN_PER_THREAD))
+    edges = [(n * t // pieces) // _LANES * _LANES for t in range(pieces)] + [n]
+    futures = [_pool.submit(kernel, a[lo:hi], b[lo:hi], k, out[lo:hi], chunk_blocks)
+               for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    for f in futures:
+        f.result()
+
+
+def _build_numba():
+    """Compile (or load from the on-disk cache) the kernels: each ``_nb_*`` function above is
+    plain Python until here, where its module-level name is rebound to its numba dispatcher
+    (so the kernels that call it compile against the jitted version)."""
+    global _numba_kernels
+    if _numba_kernels is not None:
+        return _numba_kernels
+    import numba
+
+    g = globals()
+    for name, opts in _NUMBA_SPECS:
+        g[name] = numba.njit(cache=True, **opts)(g[name])
+    _numba_kernels = (g["_nb_mi_per_k"], g["_nb_mi_lanes"])
+    return _numba_kernels
 
 
 def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int, chunk_blocks: int = 64
               ) -> np.ndarray:
-    """Compiled kernels (numba, parallel); ``k`` scalar or per-prompt array. No validation.
+    """Compiled kernels (numba, threaded); ``k`` scalar or per-prompt array. No validation.
 
     The lane kernel (vectorized across prompts) takes every prompt with k <= 900 and
     a, b in [1e-6, 1e60]; the scalar kernel (same math, plain divisions, rescaled weights)
     takes the rest.
     """
-    global _numba_kernels
-    if _numba_kernels is None:
-        _numba_kernels = _build_numba()
-    per_k, lanes = _numba_kernels
+    per_k, lanes = _build_numba()
+
+    def lanes_threaded(a, b, k, out, chunk_blocks):
+        _run_threaded(lanes, a, b, k, out, chunk_blocks)
+
     a = np.ascontiguousarray(a, dtype=np.float64).ravel()
     b = np.ascontiguousarray(b, dtype=np.float64).ravel()
     out = np.empty(a.shape, dtype=np.float64)
@@ -832,7 +903,7 @@ def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int, chunk_blocks: i
     lane_ok = ((a >= _LANES_MIN) & (a <= _LANES_MAX) & (b >= _LANES_MIN) & (b <= _LANES_MAX)
                & (np.asarray(k) <= _LANES_KMAX))
     if np.ndim(k) == 0 and lane_ok.all():
-        lanes(a, b, int(k), out, chunk_blocks)
+        lanes_threaded(a, b, int(k), out, chunk_blocks)
         return out
     kk = np.broadcast_to(np.asarray(k, dtype=np.int64), a.shape)
     rest = np.flatnonzero(~lane_ok)
@@ -843,6 +914,6 @@ def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int, chunk_blocks: i
     for kv in np.unique(kk[lane_ok]):
         idx = np.flatnonzero(lane_ok & (kk == kv))
         sub = np.empty(idx.size)
-        lanes(a[idx], b[idx], int(kv), sub, chunk_blocks)
+        lanes_threaded(a[idx], b[idx], int(kv), sub, chunk_blocks)
         out[idx] = sub
     return out

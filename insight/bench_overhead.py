@@ -15,7 +15,8 @@ For reference (labelled *_extrapolated): the literal DESIGN formula with scipy p
 (``mi_naive``: betaln, gammaln, digamma for every y) and the plain numpy recurrences
 (``backend="numpy"``), each timed on a subsample and scaled linearly to n_prompts.
 
-The compiled kernel uses every numba thread (``threads``); ``ratio_single_thread`` reruns it
+The compiled kernel runs one slice of the prompts per thread (``threads``, the CPUs
+available); ``ratio_single_thread`` reruns it
 with one thread so the comparison with the single-threaded floor is visible both ways.
 ``peak_memory_mb`` is the tracemalloc peak of Python-visible allocations (numpy arrays) during
 one score call; ``rss_peak_mb`` the process's peak resident set so far.
@@ -75,8 +76,7 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
     acquisition.score("insight", alpha[:1000], beta[:1000], k)   # compile / load the cache
     warm = time.perf_counter() - t0
     if backend == "numba":
-        import numba
-        threads = numba.get_num_threads()
+        threads = acquisition.get_num_threads()
     _log(f"backend {backend} ({threads} threads), warm-up {warm:.2f}s")
 
     t = np.empty_like(alpha)
@@ -103,12 +103,11 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
 
     single = None
     if backend == "numba" and threads > 1:
-        import numba
-        numba.set_num_threads(1)
+        acquisition.set_num_threads(1)
         try:
             single = _best(insight, repeats)
         finally:
-            numba.set_num_threads(threads)
+            acquisition.set_num_threads(threads)
         _log(f"insight score, 1 thread: {single:.4f}s")
 
     sub = min(n_prompts, 100_000)

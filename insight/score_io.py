@@ -46,7 +46,10 @@ def read_table(path) -> pa.Table:
             delim = "\t" if path.name.lower().endswith(".tsv") else ","
             return pacsv.read_csv(
                 path, parse_options=pacsv.ParseOptions(delimiter=delim),
-                convert_options=pacsv.ConvertOptions(column_types={"prompt_id": pa.string()}))
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"prompt_id": pa.string()},
+                    # "nan" stays a float NaN (reported as such), only blanks are missing
+                    null_values=["", "NULL", "null", "NA", "N/A"]))
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
