@@ -18,12 +18,12 @@ name                   rule (score, higher is better)
 
 Candidates: the whole dataset (``pool_ratio=None``) or a uniformly drawn pool of
 ceil(pool_ratio * B) prompts (MoPPS's ts_ratio), minus ``exclude``. Choice: ``topk`` (the
-B best scores; ties broken by seeded uniform keys) or ``softmax`` (B draws without
+B best scores; ties broken by a seeded random permutation) or ``softmax`` (B draws without
 replacement from softmax(score / temperature), done exactly with the Gumbel-top-k trick).
 
 Randomness: selectors hold no RNG. ``select`` takes the Generator the pipeline derives
 from (run seed, round) and consumes it in a fixed order: pool draw, Thompson draws (one
-per candidate), tie-break / Gumbel / uniform keys (one per candidate). The same state,
+per candidate), the tie-break permutation, Gumbel keys (softmax) or uniform keys. The same state,
 posterior and Generator state give the same Selection.
 
 The selection table has one row per scored candidate with exactly the store's columns:
@@ -33,7 +33,7 @@ not use it); ``weight`` is the difficulty weight the score used (w(m) for insigh
 for insight-sampled, 1 for mi) and null for selectors without one. ``rank``: 1..B for the
 selected prompts in selection order (score order for topk, draw order for softmax);
 the unselected candidates continue B+1, B+2, ... in descending score, ties broken by the
-same seeded keys. For uniform and dynamic-sampling the score is the random key: U(1, 2)
+same seeded permutation. For uniform and dynamic-sampling the score is the random key: U(1, 2)
 for prompts not yet drawn in the current epoch and U(0, 1) for prompts of the next epoch
 (only offered when the current epoch has fewer than B prompts left), so rank order is
 draw order.
@@ -203,17 +203,20 @@ def _order(scores: np.ndarray, n_select: int, rng: np.random.Generator, sampling
            temperature: float) -> np.ndarray:
     """Candidate positions: the selected first (selection order), then the rest by score.
 
-    topk: descending score, ties by uniform keys. softmax: Gumbel-top-k, i.e. the order of
-    keys score / temperature + Gumbel noise, which is the order of B successive draws
-    without replacement from softmax(score / temperature); the unselected follow by score.
+    Ties break uniformly at random: a stable sort of the scores taken in a random
+    permutation of the candidates. topk: the order by descending score. softmax: the
+    Gumbel-top-k trick, keys score / temperature + Gumbel noise, whose order is the order
+    of n_select successive draws without replacement from softmax(score / temperature);
+    the unselected candidates follow by descending score.
     """
     n = scores.shape[0]
-    tiebreak = rng.random(n)
-    by_score = np.lexsort((tiebreak, -scores))
+    perm = rng.permutation(n)
+    by_score = perm[np.argsort(-scores[perm], kind="stable")]
     if sampling == "topk":
         return by_score
     keys = scores / temperature + rng.gumbel(size=n)
-    chosen = np.lexsort((tiebreak, -keys))[:n_select]
+    top = np.argpartition(-keys, n_select - 1)[:n_select] if n_select < n else np.arange(n)
+    chosen = top[np.argsort(-keys[top], kind="stable")]
     rest = np.ones(n, dtype=bool)
     rest[chosen] = False
     return np.concatenate([chosen, by_score[rest[by_score]]])
@@ -236,7 +239,7 @@ def _build_table(ids: np.ndarray, comp: dict, alpha: np.ndarray, beta: np.ndarra
         pa.array(comp["difficulty_factor"], pa.float64()),
         pa.array(comp["evidence_factor"], pa.float64()),
         pa.array(selected, pa.bool_()), pa.array(rank, pa.int32()),
-        pa.array([name] * n, pa.string()),
+        pa.array([name], pa.string()).take(np.zeros(n, dtype=np.int32)),
     ]
     chosen = [str(x) for x in ids[order[:n_select]]]
     return chosen, pa.Table.from_arrays(cols, schema=TABLE_SCHEMA)
