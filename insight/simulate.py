@@ -1,0 +1,897 @@
+"""SIMULATION of RLVR learning dynamics, for quick sweeps of selectors and their knobs.
+
+THIS IS A SIMULATION, NOT A MEASUREMENT. Nothing here trains or evaluates a model. The
+numbers it produces come from a toy model of how a GRPO-trained policy's per-prompt success
+rates move; they show how the selectors (the real ones, from `insight.selectors`, sharing
+the real `insight.posterior`) behave on that toy model, and how their parameters interact,
+in seconds instead of GPU-days. Whether a selector helps on a real model and task is
+answered only by training runs (`insight train` and the data-efficiency benchmark).
+
+The model, and why each part is there
+-------------------------------------
+*Prompts.* A training pool of `n_prompts` prompts and a held-out set of `n_heldout` prompts
+drawn from the same distribution. Prompt i has a fixed *difficulty coordinate* x_i, its
+success logit under the initial policy. x is drawn broad (default Normal(-1, 3), or
+logit of a U-shaped Beta) so that, as in real RLVR pools, many prompts start with success
+rates near 0 or near 1 (their k rollouts all fail or all succeed: zero advantage) and a
+minority lies in between.
+
+*Success rate.* At any time, training prompt i succeeds with probability
+    p_i = sigmoid(x_i + g(x_i) + m_i)
+and held-out prompt j with sigmoid(x_j + g(x_j)). g is a *shared skill* curve over the
+difficulty coordinate (what generalizes), m_i a per-prompt offset (what the policy learns
+about that prompt only: memorization). Both start at 0.
+
+*Rollouts.* Each round the selector picks B prompts from the posterior it has built so
+far; each gets k Bernoulli(p_i) rollouts at the current p (the policy of the previous
+round). Every rollout is counted.
+
+*Update (GRPO-like).* For a policy whose only parameter per prompt is the success logit,
+the GRPO policy gradient of a group with s successes out of k, with advantages
+(r - mean) / std and the loss averaged over the k rollouts, is exactly
+    signal = s (k - s) / k^2 / std,   std = sqrt(s (k - s) / (k (k - 1)))   ("std", GRPO)
+or s (k - s) / k^2 without the std division ("var", Dr. GRPO). It is zero for all-0 and
+all-1 groups (zero advantage: those rollouts are wasted) and largest at s = k/2; in this
+model it always points toward success. A trained prompt moves its own offset
+    m_i += lr * signal_i
+and the shared skill moves near its difficulty (generalization to similar prompts):
+    g(x) += transfer_lr / B * sum_i signal_i * exp(-(x - x_i)^2 / (2 transfer_width^2)).
+So learning at difficulty x lifts held-out prompts of similar difficulty; prompts far
+harder than anything that currently gives signal only improve once the frontier of
+informative prompts moves toward them (an emergent curriculum).
+
+*Step size.* Default ("sgd"): a round's movement is proportional to the summed signal,
+so zero-advantage groups dilute it. "normalized" (Adam-like): the round's signals are
+rescaled so that they sum to B times the signal of a half-correct group; then a batch with
+one informative group moves the policy as far as a full one (there is no gradient noise
+in this model to punish it), and selection matters only through *where* learning happens
+and through rounds wasted with no informative group at all. Real training
+(Adam with clipping, many shared parameters) lies somewhere in between; sweep both.
+
+*Drift* (optional, `drift`): each round every training prompt's offset takes a
+Normal(0, drift) step — non-stationarity beyond what training explains, which is what
+the posterior's forgetting factor lam < 1 is for.
+
+*Held-out accuracy* is the exact expected success rate over the held-out set (no
+sampling noise in the evaluation), evaluated after every round.
+
+*Dynamic sampling* (DAPO, the `dynamic-sampling` selector): a generation batch of B groups
+is drawn; groups with 0 < s < k are kept; more batches (excluding prompts already drawn this
+round) are generated until B are kept or `max_num_gen_batches` batches were drawn, and the
+kept groups are truncated to B. Every generated rollout counts toward the budget; every
+generated group (kept or not) is evidence for the posterior, as in the pipeline. If the
+cap is hit with fewer than B kept, the round trains on what it has.
+
+Known biases of the model (read them before quoting a number): the gradient is noiseless
+and always improves a prompt; there is no interference between prompts (training never
+hurts another prompt), no KL or entropy effects, no forgetting of the shared skill; the
+held-out set matches the pool's difficulty distribution exactly; rollouts are the only cost
+(selection is free). Each of these flatters some selectors and penalizes others.
+
+Seeds: the pool, the held-out set and the random numbers behind every rollout derive from
+the run seed only (common random numbers): two selectors with the same seed face the same
+prompts, and the same prompt rolled out in the same round gets the same outcome uniforms,
+so differences between selectors are not noise in the pool.
+
+API: `SimConfig`, `Variant`, `run_simulation(sim, variant, seed)`, `sweep(sim, variants,
+seeds)`, `expand_grid(selectors, grid)`, `summarize(...)`, `write_outputs(...)`, and the
+CLI glue `add_simulate_arguments(parser)` + `run_simulate(args)`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+LABEL = "SIMULATION"
+DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
+              "(see insight/simulate.py); no model was trained or evaluated.")
+
+# Selectors that read the shared posterior (posterior parameters are swept only for them).
+POSTERIOR_SELECTORS = ("insight", "insight-sampled", "mi", "difficulty", "mopps")
+POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior")
+DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class SimConfig:
+    """Parameters of the simulated world and of the runs (not of the selectors)."""
+
+    n_prompts: int = 1024          # training pool size N
+    n_heldout: int = 1024          # held-out prompts, same difficulty distribution
+    batch_size: int = 32           # B, groups trained per round
+    k: int = 8                     # rollouts per group
+    budget: int = 60_000           # rollouts per run (all generated rollouts count)
+    max_rounds: int = 100_000      # safety cap on rounds
+    difficulty: Literal["normal", "beta"] = "normal"
+    logit_mean: float = -1.0       # "normal": x ~ Normal(logit_mean, logit_std)
+    logit_std: float = 3.0
+    beta_a: float = 0.5            # "beta": sigmoid(x) ~ Beta(beta_a, beta_b) (U-shaped if < 1)
+    beta_b: float = 0.7
+    lr: float = 0.3                # own-offset step per unit signal
+    transfer_lr: float = 0.1       # shared-skill step per unit mean signal
+    transfer_width: float = 1.0    # kernel width over the difficulty coordinate (logits)
+    signal: Literal["std", "var"] = "std"          # GRPO (std-normalized) or Dr. GRPO
+    step: Literal["sgd", "normalized"] = "sgd"     # see module docstring
+    drift: float = 0.0             # per-round Normal(0, drift) walk of per-prompt offsets
+    target_gains: tuple[float, ...] = (0.05, 0.10, 0.15, 0.20)  # targets = initial acc + gain
+    targets: tuple[float, ...] | None = None  # absolute targets; override target_gains
+
+    def __post_init__(self):
+        for name in ("n_prompts", "n_heldout", "batch_size", "k", "budget", "max_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SimConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size > self.n_prompts:
+            raise ValueError(f"batch_size ({self.batch_size}) > n_prompts ({self.n_prompts})")
+        for name in ("logit_std", "beta_a", "beta_b", "transfer_width"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SimConfig.{name} must be > 0")
+        for name in ("lr", "transfer_lr", "drift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SimConfig.{name} must be >= 0")
+        if self.difficulty not in ("normal", "beta"):
+            raise ValueError(f"difficulty must be 'normal' or 'beta', got {self.difficulty!r}")
+        if self.signal not in ("std", "var"):
+            raise ValueError(f"signal must be 'std' or 'var', got {self.signal!r}")
+        if self.step not in ("sgd", "normalized"):
+            raise ValueError(f"step must be 'sgd' or 'normalized', got {self.step!r}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One selector configuration: the selector's own fields plus the posterior's."""
+
+    selector: dict[str, Any]                       # {"type": "insight", "gamma": 2.0, ...}
+    posterior: dict[str, Any] = field(default_factory=dict)  # lam, a0, b0, decay, prior
+
+    @property
+    def type(self) -> str:
+        return str(self.selector["type"])
+
+    @property
+    def name(self) -> str:
+        extras = [f"{k}={_fmt(v)}" for k, v in sorted(self.selector.items()) if k != "type"]
+        extras += [f"{k}={_fmt(v)}" for k, v in sorted(self.posterior.items())]
+        return self.type + (f"[{','.join(extras)}]" if extras else "")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _posterior_params(variant: Variant) -> dict[str, Any]:
+    p = {"lam": 1.0, "a0": 1.0, "b0": 1.0, "decay": "observed", "prior": "fixed"}
+    unknown = set(variant.posterior) - set(p)
+    if unknown:
+        raise ValueError(f"unknown posterior parameter(s) {sorted(unknown)}; "
+                         f"known: {sorted(p)}")
+    p.update(variant.posterior)
+    if not 0 < float(p["lam"]) <= 1:
+        raise ValueError(f"lam must be in (0, 1], got {p['lam']}")
+    if float(p["a0"]) <= 0 or float(p["b0"]) <= 0:
+        raise ValueError("a0 and b0 must be > 0")
+    if p["prior"] not in ("fixed", "empirical-bayes"):
+        raise ValueError(f"prior must be 'fixed' or 'empirical-bayes', got {p['prior']!r}")
+    if p["decay"] not in ("observed", "all"):
+        raise ValueError(f"decay must be 'observed' or 'all', got {p['decay']!r}")
+    return p
+
+
+# --------------------------------------------------------------------------- dynamics
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
+
+
+def group_signal(successes: np.ndarray, k: int, kind: str = "std") -> np.ndarray:
+    """GRPO gradient on a Bernoulli policy's success logit, per group, with the loss
+    averaged over the group's k rollouts: s(k-s)/k^2, divided by the group's sample std
+    for "std" (GRPO), left as is for "var" (Dr. GRPO). Zero when s = 0, s = k or k = 1."""
+    s = np.asarray(successes, dtype=float)
+    if k < 2:
+        return np.zeros_like(s)
+    mixed = s * (k - s)
+    if kind == "var":
+        return mixed / k**2
+    if kind == "std":
+        return np.sqrt(np.clip(mixed, 0.0, None) * (k - 1) / k**3)
+    raise ValueError(f"unknown signal kind {kind!r}")
+
+
+def draw_difficulty(sim: SimConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Difficulty coordinates (initial success logits) of n prompts."""
+    if sim.difficulty == "normal":
+        return rng.normal(sim.logit_mean, sim.logit_std, n)
+    p = np.clip(rng.beta(sim.beta_a, sim.beta_b, n), 1e-4, 1 - 1e-4)
+    return np.log(p) - np.log1p(-p)
+
+
+class World:
+    """The simulated policy: difficulty coordinates, shared skill curve, per-prompt offsets.
+
+    The shared skill g lives on a fine grid over the difficulty coordinate and is
+    interpolated at the prompts (exact up to the grid spacing, and independent of pool size).
+    """
+
+    GRID_STEP = 0.05
+
+    def __init__(self, sim: SimConfig, seed: int):
+        self.sim = sim
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+        self.x_train = draw_difficulty(sim, sim.n_prompts, rng)
+        self.x_held = draw_difficulty(sim, sim.n_heldout, rng)
+        lo = min(self.x_train.min(), self.x_held.min()) - 4 * sim.transfer_width
+        hi = max(self.x_train.max(), self.x_held.max()) + 4 * sim.transfer_width
+        self.grid = np.arange(lo, hi + self.GRID_STEP, self.GRID_STEP)
+        self.g_grid = np.zeros_like(self.grid)
+        self.offset = np.zeros(sim.n_prompts)
+
+    def skill(self, x: np.ndarray) -> np.ndarray:
+        return np.interp(x, self.grid, self.g_grid)
+
+    def p_train(self) -> np.ndarray:
+        return sigmoid(self.x_train + self.skill(self.x_train) + self.offset)
+
+    def heldout_accuracy(self) -> float:
+        return float(sigmoid(self.x_held + self.skill(self.x_held)).mean())
+
+    def train(self, idx: np.ndarray, successes: np.ndarray) -> np.ndarray:
+        """One GRPO-like update on the trained groups (prompt indices, successes).
+        Returns the per-group signal used."""
+        sim = self.sim
+        sig = group_signal(successes, sim.k, sim.signal)
+        if sim.step == "normalized" and sig.sum() > 0:
+            # Adam-like: the round's total step is that of B half-correct groups, however
+            # many groups were informative; groups share it in proportion to their signal.
+            ref = float(group_signal(np.array([sim.k // 2]), sim.k, sim.signal)[0])
+            sig = sig * (sim.batch_size * ref / sig.sum())
+        np.add.at(self.offset, idx, sim.lr * sig)
+        if sig.any():
+            live = sig > 0
+            d = self.grid[:, None] - self.x_train[idx[live]][None, :]
+            kern = np.exp(-0.5 * (d / sim.transfer_width) ** 2)
+            self.g_grid += (sim.transfer_lr / sim.batch_size) * (kern @ sig[live])
+        return sig
+
+    def apply_drift(self, rng: np.random.Generator) -> None:
+        if self.sim.drift > 0:
+            self.offset += rng.normal(0.0, self.sim.drift, self.offset.shape)
+
+
+def _rollout(p: np.ndarray, idx: np.ndarray, k: int, seed: int, round_: int,
+             gen_batch: int) -> np.ndarray:
+    """Successes of k Bernoulli rollouts for prompts idx. Uniforms are drawn for the whole
+    pool, so a prompt's outcome in a round does not depend on which others were chosen."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 22, round_, gen_batch]))
+    u = rng.random((p.shape[0], k))
+    return (u[idx] < p[idx, None]).sum(axis=1)
+
+
+def rollouts_to_target(rollouts: np.ndarray, acc: np.ndarray, target: float) -> float | None:
+    """Rollouts at which the accuracy curve first reaches target (linear interpolation
+    between rounds), or None if it never does."""
+    hit = np.flatnonzero(acc >= target)
+    if hit.size == 0:
+        return None
+    i = int(hit[0])
+    if i == 0:
+        return float(rollouts[0])
+    r0, r1, a0, a1 = rollouts[i - 1], rollouts[i], acc[i - 1], acc[i]
+    return float(r0 + (r1 - r0) * (target - a0) / (a1 - a0)) if a1 > a0 else float(r1)
+
+
+def targets_for(sim: SimConfig, initial_accuracy: float) -> list[float]:
+    if sim.targets is not None:
+        return [float(t) for t in sim.targets]
+    return [round(initial_accuracy + g, 6) for g in sim.target_gains]
+
+
+# --------------------------------------------------------------------------- one run
+def _selector_adapter():
+    from pydantic import TypeAdapter
+
+    from insight.selectors import SelectorConfig
+    return TypeAdapter(SelectorConfig)
+
+
+def build_selector_config(selector: dict[str, Any]):
+    """Validate a selector dict into the pipeline's SelectorConfig (errors name the field)."""
+    return _selector_adapter().validate_python(dict(selector))
+
+
+@contextmanager
+def mi_backend(name: str = "numpy"):
+    """Run the selectors with the given I_k backend ("numpy", "numba" or "auto").
+
+    Why the simulator picks numpy by default: its pools are small (~1e3 prompts) and it
+    runs hundreds of selections per run, where the compiled kernel's one-off JIT (~20 s per
+    process on this machine) and its parallel-launch latency on a loaded 2-core machine
+    (tens of ms per call) cost more than numpy's ~2-5 ms. Both backends compute the same
+    I_k (tested equal to ~1e-11 in the core). The switch is acquisition's
+    INSIGHT_DISABLE_NUMBA flag, set for the duration of the block and then restored.
+    """
+    from insight import acquisition
+    if name not in ("numpy", "numba", "auto"):
+        raise ValueError(f"mi backend must be numpy, numba or auto, got {name!r}")
+    old = acquisition._NUMBA_DISABLED
+    acquisition._NUMBA_DISABLED = (name == "numpy")
+    try:
+        yield
+    finally:
+        acquisition._NUMBA_DISABLED = old
+
+
+def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
+                   backend: str = "numpy") -> dict[str, Any]:
+    """Simulate one run of `variant` on the world of `seed` until the rollout budget is
+    spent. Pure: the result depends only on (sim, variant, seed) (except the
+    `select_seconds` timing). `backend`: see `mi_backend`.
+
+    Returns a JSON-able dict: label "SIMULATION", variant name, seed, `summary` (rounds,
+    rollouts, initial/final/mean held-out accuracy, zero_adv_share, extra_rollouts,
+    targets and rollouts_to_target (None = never reached), signal_per_1k_rollouts,
+    prompts_touched) and per-round `curves` (index 0 = the start, before any round):
+    rollouts (cumulative, every generated rollout), heldout_accuracy, train_accuracy,
+    zero_adv_share / all_fail_share / all_success_share (of the generated groups),
+    groups (generated) and kept_groups (trained), selected_true_p and selected_true_pq
+    (mean true p and p(1-p) of the generated groups: how mixed they really were),
+    selected_evidence (mean alpha + beta the posterior held on them before the round) and
+    train_signal (sum of the trained groups' signal)."""
+    with mi_backend(backend):
+        return _run_simulation(sim, variant, seed)
+
+
+def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, Any]:
+    from insight.posterior import PosteriorState
+    from insight.selectors import DynamicSamplingRound, make_selector
+
+    post_cfg = _posterior_params(variant)
+    selector_cfg = build_selector_config(variant.selector)
+    selector = make_selector(selector_cfg)
+    dynamic = variant.type == "dynamic-sampling"
+    max_gen = int(selector_cfg.max_num_gen_batches) if dynamic else 1
+
+    world = World(sim, seed)
+    n, B, k = sim.n_prompts, sim.batch_size, sim.k
+    ids = np.array([f"p{i:06d}" for i in range(n)], dtype=object)
+    index = {pid: i for i, pid in enumerate(ids)}
+    lam, a0, b0 = float(post_cfg["lam"]), float(post_cfg["a0"]), float(post_cfg["b0"])
+    post = PosteriorState.new(ids, a0=a0, b0=b0)
+    cum_s = np.zeros(n)
+    cum_n = np.zeros(n)
+    empirical_bayes = post_cfg["prior"] == "empirical-bayes"
+    drift_rng = np.random.default_rng(np.random.SeedSequence([seed, 33]))
+
+    acc0 = world.heldout_accuracy()
+    curves: dict[str, list] = {k_: [] for k_ in (
+        "rollouts", "heldout_accuracy", "train_accuracy", "zero_adv_share", "all_fail_share",
+        "all_success_share", "groups", "kept_groups", "selected_true_p", "selected_true_pq",
+        "selected_evidence", "train_signal")}
+    curves["rollouts"].append(0)
+    curves["heldout_accuracy"].append(acc0)
+    curves["train_accuracy"].append(float(world.p_train().mean()))
+    for key in ("zero_adv_share", "all_fail_share", "all_success_share", "selected_true_p",
+                "selected_true_pq", "selected_evidence"):
+        curves[key].append(None)
+    curves["groups"].append(0)
+    curves["kept_groups"].append(0)
+    curves["train_signal"].append(0.0)
+    ever = np.zeros(n, dtype=bool)
+
+    consumed, round_ = 0, 0
+    select_seconds = 0.0
+    while consumed < sim.budget and round_ < sim.max_rounds:
+        round_ += 1
+        p = world.p_train()
+        view = _eb_view(post, cum_s, cum_n) if empirical_bayes else post
+        n_before = post.alpha + post.beta  # posterior concentration before this round
+        drawn: set = set()
+        all_idx, all_s, kept_idx, kept_s = [], [], [], []
+        # The pipeline's own accounting of a dynamic-sampling round (filter 0 < s < k,
+        # truncate to B, stop at B kept or max_num_gen_batches); one batch otherwise.
+        rnd = DynamicSamplingRound(batch_size=B, max_num_gen_batches=max_gen)
+        gen = 0
+        while rnd.wants_more():
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 44, round_, gen]))
+            t0 = time.perf_counter()
+            sel = selector.select(view, B, k, rng, exclude=frozenset(drawn)) if drawn \
+                else selector.select(view, B, k, rng)
+            select_seconds += time.perf_counter() - t0
+            chosen = list(sel.prompt_ids)
+            if not chosen:
+                break
+            drawn.update(chosen)
+            idx = np.fromiter((index[c] for c in chosen), dtype=np.int64, count=len(chosen))
+            s = _rollout(p, idx, k, seed, round_, gen)
+            all_idx.append(idx)
+            all_s.append(s)
+            keep = np.asarray(rnd.add(chosen, s, np.full(len(s), k)), dtype=bool) if dynamic \
+                else np.ones(len(s), dtype=bool)
+            kept_idx.append(idx[keep])
+            kept_s.append(s[keep])
+            gen += 1
+            if not dynamic:
+                break
+        g_idx, g_s = np.concatenate(all_idx), np.concatenate(all_s)
+        t_idx, t_s = np.concatenate(kept_idx), np.concatenate(kept_s)
+        consumed += k * len(g_idx)
+
+        world.train(t_idx, t_s)
+        sig = group_signal(t_s, k, sim.signal)  # raw (before any step normalization)
+        ever[g_idx] = True
+        world.apply_drift(drift_rng)
+
+        trials = np.full(len(g_idx), float(k))
+        post = post.observe(ids[g_idx], g_s.astype(float), trials, lam=lam, a0=a0, b0=b0,
+                            decay=post_cfg["decay"])
+        selector.observe(ids[g_idx], g_s.astype(float), trials)
+        np.add.at(cum_s, g_idx, g_s)
+        np.add.at(cum_n, g_idx, k)
+
+        zero = (g_s == 0) | (g_s == k)
+        curves["rollouts"].append(consumed)
+        curves["heldout_accuracy"].append(world.heldout_accuracy())
+        curves["train_accuracy"].append(float(world.p_train().mean()))
+        curves["zero_adv_share"].append(float(zero.mean()))
+        curves["all_fail_share"].append(float((g_s == 0).mean()))
+        curves["all_success_share"].append(float((g_s == k).mean()))
+        curves["groups"].append(int(len(g_idx)))
+        curves["kept_groups"].append(int(len(t_idx)))
+        curves["selected_true_p"].append(float(p[g_idx].mean()))
+        # diagnostics: how mixed the chosen prompts truly were (p(1-p), max 0.25), and how
+        # much evidence the posterior already held on them (alpha + beta)
+        curves["selected_true_pq"].append(float((p[g_idx] * (1 - p[g_idx])).mean()))
+        curves["selected_evidence"].append(float(n_before[g_idx].mean()))
+        curves["train_signal"].append(float(sig.sum()))
+
+    r = np.asarray(curves["rollouts"], dtype=float)
+    a = np.asarray(curves["heldout_accuracy"], dtype=float)
+    targets = targets_for(sim, acc0)
+    zs = curves["zero_adv_share"][1:]
+    groups = np.asarray(curves["groups"][1:], dtype=float)
+    summary = {
+        "rounds": round_,
+        "rollouts": consumed,
+        "initial_accuracy": acc0,
+        "final_accuracy": float(a[-1]),
+        # mean held-out accuracy over the budget (area under the curve / rollouts spent):
+        # one number that rewards learning early
+        "mean_accuracy": (float(np.sum((a[1:] + a[:-1]) * np.diff(r)) / (2 * r[-1]))
+                          if r[-1] > 0 else float(a[0])),
+        "zero_adv_share": float(np.dot(zs, groups) / groups.sum()) if groups.sum() else None,
+        "extra_rollouts": int(k * (groups.sum() - np.asarray(curves["kept_groups"][1:]).sum())),
+        "targets": targets,
+        "rollouts_to_target": [rollouts_to_target(r, a, t) for t in targets],
+        # learning signal (sum over trained groups) per 1,000 rollouts: how much of the
+        # budget turned into gradient, wherever it was spent
+        "signal_per_1k_rollouts": 1000.0 * float(np.sum(curves["train_signal"])) / max(consumed, 1),
+        "prompts_touched": int(ever.sum()),
+        "select_seconds": select_seconds,  # wall time in the selectors (not deterministic)
+    }
+    return {"label": LABEL, "variant": variant.name, "selector": variant.selector,
+            "posterior": variant.posterior, "type": variant.type, "seed": seed,
+            "summary": summary, "curves": curves}
+
+
+def _eb_view(post, cum_s: np.ndarray, cum_n: np.ndarray):
+    """Empirical-Bayes prior for never-observed prompts (the pipeline's extension, same
+    rule as insight.stages._prior_for_unseen): fit Beta-Binomial to observed totals."""
+    seen = cum_n > 0
+    if seen.sum() < 2 or seen.all():
+        return post
+    from insight.posterior import PosteriorState
+    from insight.prior import fit_beta_binomial_prior
+    a0, b0 = fit_beta_binomial_prior(cum_s[seen], cum_n[seen])
+    alpha, beta = np.array(post.alpha, dtype=float), np.array(post.beta, dtype=float)
+    alpha[~seen], beta[~seen] = a0, b0
+    return PosteriorState(post.prompt_ids, alpha, beta)
+
+
+# --------------------------------------------------------------------------- sweeps
+def expand_grid(selectors: Sequence[str], grid: dict[str, Sequence[Any]] | None = None,
+                base: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
+    """Variants for each selector type x the grid values that apply to it.
+
+    A grid key applies to a selector when it is a field of that selector's config (e.g.
+    gamma, sigma, pool_ratio, weight, temperature) or a posterior key (lam, a0, b0, decay,
+    prior) and the selector reads the posterior. Keys that apply to no selector are an
+    error (a typo must not silently sweep nothing). `base` gives fixed fields per type.
+    """
+    grid = {k: list(v) for k, v in (grid or {}).items() if v is not None and len(v)}
+    adapter = _selector_adapter()
+    used: set[str] = set()
+    variants: list[Variant] = []
+    for sel_type in selectors:
+        fixed = dict((base or {}).get(sel_type, {}))
+        fields = set(type(adapter.validate_python({"type": sel_type, **fixed})).model_fields)
+        keys = []
+        for key in grid:
+            if key in POSTERIOR_KEYS:
+                if sel_type in POSTERIOR_SELECTORS:
+                    keys.append(key)
+            elif key in fields and key != "type":
+                keys.append(key)
+        used.update(keys)
+        for combo in itertools.product(*(grid[k_] for k_ in keys)):
+            sel = {"type": sel_type, **fixed}
+            postp: dict[str, Any] = {}
+            for key, val in zip(keys, combo):
+                (postp if key in POSTERIOR_KEYS else sel)[key] = val
+            adapter.validate_python(sel)  # fail fast, naming the field
+            _posterior_params(Variant(sel, postp))
+            variants.append(Variant(sel, postp))
+    unused = set(grid) - used
+    if unused:
+        raise ValueError(f"grid key(s) {sorted(unused)} apply to none of the selectors "
+                         f"{list(selectors)}")
+    return variants
+
+
+def _run_job(job):
+    sim, variant, seed = job
+    return run_simulation(sim, variant, seed)
+
+
+def sweep(sim: SimConfig, variants: Sequence[Variant], seeds: Iterable[int], *,
+          workers: int = 1, progress=None) -> dict[str, Any]:
+    """Run every variant on every seed. Deterministic whatever `workers` is. `progress`,
+    if given, is called with (done, total, run_result) after each run."""
+    seeds = list(seeds)
+    jobs = [(sim, v, s) for v in variants for s in seeds]
+    runs: list[dict] = []
+    t0 = time.perf_counter()
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for i, res in enumerate(pool.map(_run_job, jobs, chunksize=1)):
+                runs.append(res)
+                if progress:
+                    progress(i + 1, len(jobs), res)
+    else:
+        for i, job in enumerate(jobs):
+            runs.append(_run_job(job))
+            if progress:
+                progress(i + 1, len(jobs), runs[-1])
+    return {"label": LABEL, "disclaimer": DISCLAIMER, "sim": _sim_dict(sim),
+            "seeds": seeds, "variants": [v.name for v in variants], "runs": runs,
+            "aggregate": summarize(runs), "seconds": time.perf_counter() - t0}
+
+
+def _sim_dict(sim: SimConfig) -> dict[str, Any]:
+    d = asdict(sim)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def summarize(runs: Sequence[dict], baseline: str = "uniform") -> list[dict[str, Any]]:
+    """Per variant, over seeds: final and mean accuracy, zero-advantage share, rollouts to
+    each target (mean over the seeds that reached it, and how many did), and the speedup
+    against the baseline selector type = baseline rollouts / variant rollouts, as the
+    geometric mean of per-seed ratios over the seeds where both reached the target."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    base_runs = [r for r in runs if r["type"] == baseline]
+    # speedups need exactly one baseline variant (one run per seed)
+    one_base = len({r["variant"] for r in base_runs}) == 1
+    base_by_seed = {r["seed"]: r for r in base_runs} if one_base else {}
+    out = []
+    for name, rs in by_variant.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        sm = [r["summary"] for r in rs]
+        n_t = len(sm[0]["rollouts_to_target"])
+        row: dict[str, Any] = {
+            "variant": name, "type": rs[0]["type"], "seeds": len(rs),
+            "final_accuracy": _mean_sd([s["final_accuracy"] for s in sm]),
+            "mean_accuracy": _mean_sd([s["mean_accuracy"] for s in sm]),
+            "initial_accuracy": _mean_sd([s["initial_accuracy"] for s in sm]),
+            "zero_adv_share": _mean_sd([s["zero_adv_share"] for s in sm
+                                        if s["zero_adv_share"] is not None]),
+            "extra_rollouts": _mean_sd([s["extra_rollouts"] for s in sm]),
+            "signal_per_1k_rollouts": _mean_sd([s["signal_per_1k_rollouts"] for s in sm]),
+            "prompts_touched": _mean_sd([s["prompts_touched"] for s in sm]),
+            "targets": [], "select_seconds": float(sum(s["select_seconds"] for s in sm)),
+        }
+        for t in range(n_t):
+            vals = [s["rollouts_to_target"][t] for s in sm]
+            hit = [v for v in vals if v is not None]
+            entry = {"gain_or_target": (None if not sm else sm[0]["targets"][t]),
+                     "reached": f"{len(hit)}/{len(vals)}",
+                     "rollouts": _mean_sd(hit) if hit else None, "speedup": None}
+            ratios = []
+            for r in rs:
+                b = base_by_seed.get(r["seed"])
+                if b is None:
+                    continue
+                bv, v = b["summary"]["rollouts_to_target"][t], r["summary"]["rollouts_to_target"][t]
+                if bv is not None and v is not None and v > 0:
+                    ratios.append(bv / v)
+            if ratios:
+                entry["speedup"] = float(np.exp(np.mean(np.log(ratios))))
+                entry["speedup_seeds"] = len(ratios)
+            row["targets"].append(entry)
+        out.append(row)
+    return out
+
+
+def _mean_sd(vals: Sequence[float]) -> dict[str, float] | None:
+    if not len(vals):
+        return None
+    v = np.asarray(vals, dtype=float)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+# --------------------------------------------------------------------------- outputs
+def results_table(result: dict[str, Any]) -> str:
+    """Markdown table of the aggregate (one row per variant)."""
+    agg = result["aggregate"]
+    sim = result["sim"]
+    gains = sim["targets"] if sim.get("targets") else [f"+{g:g}" for g in sim["target_gains"]]
+    head = ["variant", "final acc", "mean acc", "zero-adv share", "extra rollouts",
+            "signal / 1k rollouts", "prompts touched"]
+    head += [f"rollouts to {g} (reached) / speedup vs uniform" for g in gains]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in agg:
+        cells = [row["variant"], _pm(row["final_accuracy"], 3), _pm(row["mean_accuracy"], 3),
+                 _pm(row["zero_adv_share"], 2), _pm(row["extra_rollouts"], 0),
+                 _pm(row["signal_per_1k_rollouts"], 1), _pm(row["prompts_touched"], 0)]
+        for t in row["targets"]:
+            if t["rollouts"] is None:
+                cells.append(f"never ({t['reached']})")
+            else:
+                sp = f" / {t['speedup']:.2f}x" if t["speedup"] is not None else ""
+                cells.append(f"{t['rollouts']['mean']:,.0f} ({t['reached']}){sp}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pm(ms: dict | None, digits: int) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms['mean']:.{digits}f} ± {ms['sd']:.{digits}f}"
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path, *,
+                  command: str = "") -> dict[str, Path]:
+    """simulation.json (everything), simulation.md (table + model summary) and
+    simulation.png (held-out accuracy and zero-advantage share vs rollouts, mean and
+    min-max band over seeds). All three say SIMULATION."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "simulation.json", "md": out / "simulation.md",
+             "png": out / "simulation.png"}
+    paths["json"].write_text(json.dumps(result, indent=1, default=_json_default))
+    sim = result["sim"]
+    md = [f"# {LABEL}: selector sweep on a toy model of RLVR learning dynamics", "",
+          f"**{DISCLAIMER}**", "",
+          "Model: per-prompt success = sigmoid(difficulty + shared skill(difficulty) + "
+          "own offset); a group with s of k successes pushes its prompt by lr*signal and "
+          "the shared skill near its difficulty by transfer_lr/B*signal*kernel; signal = "
+          "GRPO gradient on the success logit, zero for all-0/all-1 groups. Held-out "
+          "accuracy = expected success over held-out prompts of the same distribution.", "",
+          f"Seeds: {result['seeds']}. Rollout budget per run: {sim['budget']:,}. "
+          f"Speedup = uniform's rollouts / variant's rollouts to the same target, "
+          f"geometric mean over seeds.", ""]
+    if command:
+        md += [f"Command: `{command}`", ""]
+    md += [results_table(result), "", "## Simulated world", "", "```",
+           json.dumps(sim, indent=1), "```", ""]
+    paths["md"].write_text("\n".join(md))
+    plot(result, paths["png"])
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    budget = result["sim"]["budget"]
+    grid = np.linspace(0, budget, 200)
+    by_variant: dict[str, list[dict]] = {}
+    for r in result["runs"]:
+        by_variant.setdefault(r["variant"], []).append(r)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, rs in by_variant.items():
+        accs, zs = [], []
+        for r in rs:
+            x = np.asarray(r["curves"]["rollouts"], float)
+            accs.append(np.interp(grid, x, np.asarray(r["curves"]["heldout_accuracy"], float),
+                                  right=np.nan))
+            z = np.asarray([np.nan if v is None else v for v in r["curves"]["zero_adv_share"]])
+            zs.append(np.interp(grid, x[1:], _smooth(z[1:]), left=np.nan, right=np.nan))
+        accs, zs = np.array(accs), np.array(zs)
+        with warnings.catch_warnings():  # grid points before the first round are all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            line, = ax1.plot(grid, np.nanmean(accs, 0), label=name, lw=1.6)
+            ax1.fill_between(grid, np.nanmin(accs, 0), np.nanmax(accs, 0),
+                             color=line.get_color(), alpha=0.15, lw=0)
+            ax2.plot(grid, np.nanmean(zs, 0), color=line.get_color(), lw=1.2, label=name)
+    ax1.set_xlabel("rollouts consumed (all generated rollouts count)")
+    ax1.set_ylabel("held-out accuracy (expected success rate)")
+    ax1.set_title(f"{LABEL}: held-out accuracy vs rollouts\n(mean over "
+                  f"{len(result['seeds'])} seeds, band = min-max)", fontsize=10)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7, loc="lower right")
+    ax2.set_xlabel("rollouts consumed")
+    ax2.set_ylabel("share of zero-advantage groups (smoothed)")
+    ax2.set_title(f"{LABEL}: zero-advantage share of generated groups", fontsize=10)
+    ax2.set_ylim(0, 1)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{LABEL} — toy model of RLVR dynamics, not a measurement",
+                 fontsize=12, color="darkred")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(z: np.ndarray, w: int = 9) -> np.ndarray:
+    """Centered moving average over up to w rounds (shorter at the ends, no zero padding)."""
+    z = np.asarray(z, dtype=float)
+    if len(z) < 2:
+        return z
+    ok = np.isfinite(z)
+    kern = np.ones(min(w, len(z)))
+    num = np.convolve(np.where(ok, z, 0.0), kern, mode="same")
+    den = np.convolve(ok.astype(float), kern, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+# --------------------------------------------------------------------------- CLI glue
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.replace(",", " ").split()]
+
+
+def _pool_ratios(text: str) -> list[float | None]:
+    return [None if v.lower() in ("none", "all", "0") else float(v) for v in _strs(text)]
+
+
+def _strs(text: str) -> list[str]:
+    return [v for v in text.replace(",", " ").split() if v]
+
+
+def add_simulate_arguments(parser) -> None:
+    """Arguments of `insight bench simulate` (lists are comma- or space-separated)."""
+    d = SimConfig()
+    g = parser.add_argument_group(f"{LABEL} (toy model, not a measurement)")
+    g.add_argument("--out", default="runs/simulation",
+                   help="output directory for simulation.json/.md/.png (default: %(default)s)")
+    g.add_argument("--selectors", type=_strs, default=list(DEFAULT_SELECTORS),
+                   help="selector types to compare (default: %s)" % ",".join(DEFAULT_SELECTORS))
+    g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="parallel processes (default: %(default)s)")
+    sw = parser.add_argument_group("grid (each applies to the selectors that have it)")
+    sw.add_argument("--lam", type=_floats, help="posterior forgetting factors, e.g. 1,0.9")
+    sw.add_argument("--a0", type=_floats, help="prior alpha values")
+    sw.add_argument("--b0", type=_floats, help="prior beta values")
+    sw.add_argument("--prior", type=_strs, help="fixed and/or empirical-bayes")
+    sw.add_argument("--decay", type=_strs, help="observed and/or all")
+    sw.add_argument("--gamma", type=_floats, help="weight sharpness (beta-family weight)")
+    sw.add_argument("--sigma", type=_floats, help="gaussian weight width")
+    sw.add_argument("--weight", type=_strs, help="weight family, e.g. beta,gaussian")
+    sw.add_argument("--tau", type=_floats, help="target success rate")
+    sw.add_argument("--pool-ratio", dest="pool_ratio", type=_pool_ratios,
+                    help="candidate pool = pool_ratio * B, e.g. none,8,16 (none: whole pool)")
+    sw.add_argument("--max-num-gen-batches", dest="max_num_gen_batches", type=int,
+                    help="dynamic-sampling cap on generation batches per round "
+                         "(selector default: 10)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="any other selector field to sweep (repeatable)")
+    w = parser.add_argument_group("simulated world")
+    for name, help_ in (
+            ("n_prompts", "training pool size"), ("n_heldout", "held-out prompts"),
+            ("batch_size", "B, groups trained per round"), ("k", "rollouts per group"),
+            ("budget", "rollouts per run")):
+        w.add_argument("--" + name.replace("_", "-"), dest=name, type=int,
+                       default=getattr(d, name), help=f"{help_} (default: %(default)s)")
+    for name, help_ in (
+            ("logit_mean", "mean initial success logit ('normal')"),
+            ("logit_std", "spread of initial logits ('normal')"),
+            ("beta_a", "Beta a of initial success rates ('beta')"),
+            ("beta_b", "Beta b of initial success rates ('beta')"),
+            ("lr", "own-prompt step per unit signal"),
+            ("transfer_lr", "shared-skill step (generalization)"),
+            ("transfer_width", "generalization kernel width, logits"),
+            ("drift", "per-round random walk of per-prompt logits")):
+        w.add_argument("--" + name.replace("_", "-"), dest=name, type=float,
+                       default=getattr(d, name), help=f"{help_} (default: %(default)s)")
+    w.add_argument("--difficulty", choices=("normal", "beta"), default=d.difficulty)
+    w.add_argument("--signal", choices=("std", "var"), default=d.signal,
+                   help="GRPO (std-normalized) or Dr. GRPO signal (default: %(default)s)")
+    w.add_argument("--step", choices=("sgd", "normalized"), default=d.step,
+                   help="step size proportional to summed signal, or Adam-like normalized")
+    w.add_argument("--target-gains", dest="target_gains", type=_floats,
+                   default=list(d.target_gains),
+                   help="targets = initial held-out accuracy + each gain "
+                        "(default: 0.05,0.1,0.15,0.2)")
+    w.add_argument("--targets", type=_floats, help="absolute accuracy targets (override gains)")
+
+
+def sim_config_from_args(args) -> SimConfig:
+    names = [f for f in SimConfig.__dataclass_fields__ if hasattr(args, f)]
+    kw = {f: getattr(args, f) for f in names}
+    for f in ("target_gains", "targets"):
+        if kw.get(f) is not None:
+            kw[f] = tuple(kw[f])
+    return SimConfig(**kw)
+
+
+def grid_from_args(args) -> dict[str, list]:
+    grid: dict[str, list] = {}
+    for key in ("lam", "a0", "b0", "prior", "decay", "gamma", "sigma", "weight", "tau",
+                "pool_ratio"):
+        val = getattr(args, key, None)
+        if val:
+            grid[key] = list(val)
+    for item in getattr(args, "grid", []) or []:
+        if "=" not in item:
+            raise ValueError(f"--grid expects KEY=V1,V2, got {item!r}")
+        key, vals = item.split("=", 1)
+        grid[key.strip().replace("-", "_")] = [_parse_scalar(v) for v in _strs(vals)]
+    return grid
+
+
+def _parse_scalar(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def run_simulate(args) -> int:
+    """`insight bench simulate`: run the sweep, print progress and the table, write
+    OUT/simulation.{json,md,png}. Returns a process exit code."""
+    import sys
+    try:
+        sim = sim_config_from_args(args)
+        base = {}
+        if getattr(args, "max_num_gen_batches", None) is not None:
+            base["dynamic-sampling"] = {"max_num_gen_batches": args.max_num_gen_batches}
+        variants = expand_grid(args.selectors, grid_from_args(args), base=base)
+    except Exception as err:  # bad flags: one clear line, no traceback
+        print(f"simulate: {err}", file=sys.stderr)
+        return 2
+    seeds = list(range(args.seeds))
+    total = len(variants) * len(seeds)
+    print(f"{LABEL}: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs, "
+          f"budget {sim.budget:,} rollouts each, {args.workers} worker(s)", flush=True)
+
+    def progress(done, total_, res):
+        s = res["summary"]
+        print(f"  [{done:>3}/{total_}] {res['variant']:<40} seed {res['seed']}: "
+              f"acc {s['initial_accuracy']:.3f} -> {s['final_accuracy']:.3f}, "
+              f"zero-adv {s['zero_adv_share']:.2f}", flush=True)
+
+    result = sweep(sim, variants, seeds, workers=max(1, args.workers), progress=progress)
+    command = "insight bench simulate " + " ".join(sys.argv[3:]) \
+        if len(sys.argv) > 2 and sys.argv[1:3] == ["bench", "simulate"] else ""
+    paths = write_outputs(result, args.out, command=command)
+    print()
+    print(f"{LABEL} results ({DISCLAIMER})")
+    print(results_table(result))
+    print(f"\nwrote {paths['json']}, {paths['md']}, {paths['png']} "
+          f"in {result['seconds']:.1f}s")
+    return 0
