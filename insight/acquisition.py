@@ -405,9 +405,20 @@ def score(selector: str, alpha, beta, k, *, rng=None, **params) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 G_SERIES_MIN = 10.0  # the asymptotic series of g is used at and above this argument
 _BLOCK = 32          # factors per block of the C_n product
-_LANES = 8            # prompts per vectorized block of the compiled kernel
-_LANES_KMAX = 900     # lane kernel: 2^k stays finite without rescaling
-_LANES_MIN, _LANES_MAX = 1e-6, 1e60   # lane kernel: products of 4 arguments stay finite
+_ROWS = 128           # prompts per vectorized block of the compiled kernel
+_LANES = 8            # thread slices are multiples of this
+_LANES_KMAX = 900     # block kernel: 2^k stays finite without rescaling
+_LANES_MIN, _LANES_MAX = 1e-6, 1e60   # block kernel: products of 4 arguments stay finite
+# fdlibm log constants (block kernel's vectorizable log)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LG1, _LG2, _LG3 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01
+_LG4, _LG5, _LG6 = 2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+_MANT_MASK = 0x000FFFFFFFFFFFFF
+_SQRT2_MANT = 0x6A09E667F3BCC      # mantissa bits of sqrt(2)
+_ONE_BITS = 0x3FF0000000000000
+_HALF_BITS = 0x3FE0000000000000
 _RESCALE_AT = 1e250  # unnormalized Beta-Binomial weights are rescaled past this
 
 # Bernoulli coefficients of g(x) = log x - psi(x) = 1/(2x) + sum_j B_2j / (2j x^2j)
@@ -678,130 +689,203 @@ def _nb_mi_per_k(a, b, k, out, chunk):
         for i in range(lo, hi):
             out[i] = _nb_mi_one(a[i], b[i], k[i], ga, ua, gb, ub, tb, inv_int)
 
-def _nb_fix_small_lane(c, k, g, l):
-    """g[z, l] = log(c+z) - psi(c+z) for the z < k with c + z < 10."""
-    top = 0
-    while c + top < G_SERIES_MIN:
-        top += 1
-    psi = math.log(c + top) - _nb_g_series(c + top)
-    for z in range(top - 1, -1, -1):
-        x = c + z
-        psi -= 1.0 / x
-        if z < k:
-            g[z, l] = math.log(x) - psi
+def _nb_vlog(x, m, out, scratch):
+    """out[:m] = log(x[:m]) for positive normal x, branch-free so the loop vectorizes
+    (fdlibm's e_log.c method: x = 2^e * r, r in [sqrt(2)/2, sqrt(2)), log(r) = f - hfsq +
+    s (hfsq + R(s^2)), s = f / (2 + f); error < 1 ulp)."""
+    xi = x.view(np.int64)
+    ri = scratch.view(np.int64)
+    for l in range(m):
+        bits = xi[l]
+        man = bits & _MANT_MASK
+        big = man > _SQRT2_MANT
+        ri[l] = man | (_HALF_BITS if big else _ONE_BITS)
+        out[l] = float((bits >> 52) - 1023 + (1 if big else 0))
+    for l in range(m):
+        f = scratch[l] - 1.0
+        s = f / (2.0 + f)
+        z = s * s
+        w = z * z
+        t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+        t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+        hfsq = 0.5 * f * f
+        dk = out[l]
+        out[l] = dk * _LN2_HI - ((hfsq - (s * (hfsq + (t2 + t1)) + dk * _LN2_LO)) - f)
 
-def _nb_series_table(cvec, kpad, g, u):
-    """u[z, l] = 1/(c_l + z), g[z, l] = series g(c_l + z) for z < kpad (a multiple of
-    4): one division per 4 reciprocals, 1/x_i = (prod_{j != i} x_j) / prod_j x_j."""
+
+def _nb_series_rows(c, m, kpad, g, u):
+    """u[z, l] = 1/(c_l + z) and g[z, l] = series g(c_l + z), z < kpad (a multiple of 4),
+    l < m. One division per 4 reciprocals: 1/x_i = (prod_{j != i} x_j) / prod_j x_j."""
     for z in range(0, kpad, 4):
-        for l in range(_LANES):
-            x0 = cvec[l] + z
+        u0 = u[z]
+        u1 = u[z + 1]
+        u2 = u[z + 2]
+        u3 = u[z + 3]
+        for l in range(m):
+            x0 = c[l] + z
             x1 = x0 + 1.0
             x2 = x0 + 2.0
             x3 = x0 + 3.0
             p01 = x0 * x1
             p23 = x2 * x3
             r = 1.0 / (p01 * p23)
-            u[z, l] = x1 * p23 * r
-            u[z + 1, l] = x0 * p23 * r
-            u[z + 2, l] = p01 * x3 * r
-            u[z + 3, l] = p01 * x2 * r
-        for zz in range(z, z + 4):
-            for l in range(_LANES):
-                uz = u[zz, l]
-                u2 = uz * uz
-                g[zz, l] = uz * 0.5 + u2 * (_C1 + u2 * (_C2 + u2 * (_C3 + u2 * (
-                    _C4 + u2 * (_C5 + u2 * (_C6 + u2 * _C7))))))
+            u0[l] = x1 * p23 * r
+            u1[l] = x0 * p23 * r
+            u2[l] = p01 * x3 * r
+            u3[l] = p01 * x2 * r
+    for z in range(kpad):
+        uz = u[z]
+        gz = g[z]
+        for l in range(m):
+            v = uz[l]
+            v2 = v * v
+            gz[l] = v * 0.5 + v2 * (_C1 + v2 * (_C2 + v2 * (_C3 + v2 * (_C4 + v2 * (
+                _C5 + v2 * (_C6 + v2 * _C7))))))
 
-def _nb_mi_lanes(a, b, k, out, chunk_blocks):
-    """Same math as _nb_mi_one, _LANES prompts at a time so the compiler vectorizes across
-    prompts. Requires k <= _LANES_KMAX (weights below 2^k: no rescaling) and a, b in
-    [_LANES_MIN, _LANES_MAX] (products of four arguments stay finite)."""
+
+def _nb_fix_small_rows(c, m, k, g, idx, cs, x, psi, lg, scratch):
+    """For the lanes with c_l < 10: g[z, l] = log(c_l+z) - psi(c_l+z) where c_l + z < 10,
+    psi from psi(c+10) = log(c+10) - g_series(c+10) by psi(x) = psi(x+1) - 1/x. The small
+    lanes are gathered into dense vectors so that the logs vectorize."""
+    ms = 0
+    for l in range(m):
+        if c[l] < G_SERIES_MIN:
+            idx[ms] = l
+            cs[ms] = c[l]
+            ms += 1
+    if ms == 0:
+        return
+    top = 10
+    for j in range(ms):
+        x[j] = cs[j] + top
+    _nb_vlog(x, ms, lg, scratch)
+    for j in range(ms):
+        v = 1.0 / x[j]
+        v2 = v * v
+        psi[j] = lg[j] - (v * 0.5 + v2 * (_C1 + v2 * (_C2 + v2 * (_C3 + v2 * (_C4 + v2 * (
+            _C5 + v2 * (_C6 + v2 * _C7)))))))
+    for z in range(top - 1, -1, -1):
+        for j in range(ms):
+            x[j] = cs[j] + z
+            psi[j] -= 1.0 / x[j]
+        if z < k:
+            _nb_vlog(x, ms, lg, scratch)
+            gz = g[z]
+            for j in range(ms):
+                if x[j] < G_SERIES_MIN:
+                    gz[idx[j]] = lg[j] - psi[j]
+
+
+def _nb_mi_rows(a, b, k, out):
+    """Same math as _nb_mi_one, _ROWS prompts at a time with the prompt index innermost, so
+    the compiler vectorizes across prompts. Requires k <= _LANES_KMAX (weights below 2^k:
+    no rescaling) and a, b in [_LANES_MIN, _LANES_MAX] (products of four arguments and the
+    bit-level log stay in range)."""
     n = a.shape[0]
-    nblocks = (n + _LANES - 1) // _LANES
-    nchunks = (nblocks + chunk_blocks - 1) // chunk_blocks
+    W = _ROWS
     kpad = ((k + 3) // 4) * 4
     coef = np.empty(k + 1)
     for y in range(k):
         coef[y] = (k - y) / (y + 1.0)
-    for ch in range(nchunks):
-        av = np.empty(_LANES)
-        bv = np.empty(_LANES)
-        ga = np.empty((kpad, _LANES))
-        ua = np.empty((kpad, _LANES))
-        gb = np.empty((kpad, _LANES))
-        ub = np.empty((kpad, _LANES))
-        tb = np.empty((k + 1, _LANES))
-        nn = np.empty(_LANES)
-        inv = np.empty(_LANES)
-        e1 = np.empty(_LANES)
-        prod = np.empty(_LANES)
-        lp = np.empty(_LANES)
-        cn = np.empty(_LANES)
-        w = np.empty(_LANES)
-        ta = np.empty(_LANES)
-        num = np.empty(_LANES)
-        den = np.empty(_LANES)
-        for blk in range(ch * chunk_blocks, min(nblocks, (ch + 1) * chunk_blocks)):
-            base = blk * _LANES
-            for l in range(_LANES):
-                i = base + l
-                x = 1.0
-                y = 1.0
-                if i < n:
-                    x = a[i]
-                    y = b[i]
-                av[l] = min(x, y)
-                bv[l] = max(x, y)
-            _nb_series_table(av, kpad, ga, ua)
-            _nb_series_table(bv, kpad, gb, ub)
-            for l in range(_LANES):
-                if av[l] < G_SERIES_MIN:
-                    _nb_fix_small_lane(av[l], k, ga, l)
-                if bv[l] < G_SERIES_MIN:
-                    _nb_fix_small_lane(bv[l], k, gb, l)
-            for l in range(_LANES):
-                tb[0, l] = 0.0
-            for z in range(k):
-                for l in range(_LANES):
-                    tb[z + 1, l] = tb[z, l] + (z + 1) * ub[z, l] - gb[z, l]
-            # C_n = k g(n+k) + log prod_{j<k} (n+j)/(n+k)
-            for l in range(_LANES):
-                nn[l] = av[l] + bv[l]
-                inv[l] = 1.0 / (nn[l] + k)
-                e1[l] = 0.0
-                prod[l] = 1.0
-                lp[l] = 0.0
-            for j in range(k):
-                for l in range(_LANES):
-                    e1[l] = e1[l] + ((k - j) * inv[l]) * (1.0 - e1[l])
-                    prod[l] = prod[l] * ((nn[l] + j) * inv[l])
-                if (j + 1) % _BLOCK == 0:
-                    for l in range(_LANES):
-                        lp[l] += math.log(prod[l])
-                        prod[l] = 1.0
-            for l in range(_LANES):
-                x = nn[l] + k
-                if k * (k + 1.0) <= 8.0 * x:
-                    logprod = math.log1p(-e1[l])
-                else:
-                    logprod = lp[l] + math.log(prod[l])
-                cn[l] = k * _nb_g_scalar(x) + logprod
-                w[l] = 1.0
-                ta[l] = 0.0
-                num[l] = 0.0
-                den[l] = 0.0
-            for y in range(k):
-                cy = coef[y]
-                for l in range(_LANES):
-                    num[l] += w[l] * (ta[l] + tb[k - y, l])
-                    den[l] += w[l]
-                    ta[l] += (y + 1) * ua[y, l] - ga[y, l]
-                    w[l] *= cy * ((av[l] + y) * ub[k - 1 - y, l])
-            for l in range(_LANES):
-                i = base + l
-                if i < n:
-                    out[i] = cn[l] + (num[l] + w[l] * ta[l]) / (den[l] + w[l])
+    av = np.empty(W)
+    bv = np.empty(W)
+    ga = np.empty((kpad, W))
+    ua = np.empty((kpad, W))
+    gb = np.empty((kpad, W))
+    ub = np.empty((kpad, W))
+    tb = np.empty((k + 1, W))
+    idx = np.empty(W, dtype=np.int64)
+    cs = np.empty(W)
+    xs = np.empty(W)
+    psi = np.empty(W)
+    lg = np.empty(W)
+    scratch = np.empty(W)
+    nn = np.empty(W)
+    inv = np.empty(W)
+    e1 = np.empty(W)
+    prod = np.empty(W)
+    lp = np.empty(W)
+    cn = np.empty(W)
+    w = np.empty(W)
+    ta = np.empty(W)
+    num = np.empty(W)
+    den = np.empty(W)
+    for base in range(0, n, W):
+        m = min(W, n - base)
+        for l in range(m):
+            x = a[base + l]
+            y = b[base + l]
+            av[l] = min(x, y)
+            bv[l] = max(x, y)
+        _nb_series_rows(av, m, kpad, ga, ua)
+        _nb_series_rows(bv, m, kpad, gb, ub)
+        _nb_fix_small_rows(av, m, k, ga, idx, cs, xs, psi, lg, scratch)
+        _nb_fix_small_rows(bv, m, k, gb, idx, cs, xs, psi, lg, scratch)
+        t0 = tb[0]
+        for l in range(m):
+            t0[l] = 0.0
+        for z in range(k):
+            tprev = tb[z]
+            tnext = tb[z + 1]
+            ubz = ub[z]
+            gbz = gb[z]
+            for l in range(m):
+                tnext[l] = tprev[l] + (z + 1) * ubz[l] - gbz[l]
+        # C_n = k g(n+k) + log prod_{j<k} (n+j)/(n+k): the product as 1 - e while it is
+        # >~ e^-4 (no cancellation when n is large), else in blocks of _BLOCK factors
+        for l in range(m):
+            nn[l] = av[l] + bv[l]
+            inv[l] = 1.0 / (nn[l] + k)
+            e1[l] = 0.0
+            prod[l] = 1.0
+            lp[l] = 0.0
+        for j in range(k):
+            kj = float(k - j)
+            for l in range(m):
+                e1[l] = e1[l] + (kj * inv[l]) * (1.0 - e1[l])
+                prod[l] = prod[l] * ((nn[l] + j) * inv[l])
+            if (j + 1) % _BLOCK == 0:
+                _nb_vlog(prod, m, lg, scratch)
+                for l in range(m):
+                    lp[l] += lg[l]
+                    prod[l] = 1.0
+        # log1p(-e) = log(q) - ((q - 1) + e) / q with q = 1 - e (exact correction)
+        for l in range(m):
+            xs[l] = 1.0 - e1[l]
+        _nb_vlog(xs, m, cs, scratch)
+        _nb_vlog(prod, m, lg, scratch)
+        use_e = k * (k + 1.0)
+        for l in range(m):
+            q = xs[l]
+            x = nn[l] + k
+            v = 1.0 / x
+            v2 = v * v
+            gx = v * 0.5 + v2 * (_C1 + v2 * (_C2 + v2 * (_C3 + v2 * (_C4 + v2 * (
+                _C5 + v2 * (_C6 + v2 * _C7))))))
+            log1p_e = cs[l] - ((q - 1.0) + e1[l]) / q
+            logprod = log1p_e if use_e <= 8.0 * x else lp[l] + lg[l]
+            cn[l] = k * gx + logprod
+            w[l] = 1.0
+            ta[l] = 0.0
+            num[l] = 0.0
+            den[l] = 0.0
+        for l in range(m):
+            x = nn[l] + k
+            if x < G_SERIES_MIN:
+                cn[l] += k * (_nb_g_scalar(x) - _nb_g_series(x))
+        for y in range(k):
+            cy = coef[y]
+            tby = tb[k - y]
+            uay = ua[y]
+            gay = ga[y]
+            uby = ub[k - 1 - y]
+            for l in range(m):
+                num[l] += w[l] * (ta[l] + tby[l])
+                den[l] += w[l]
+                ta[l] += (y + 1) * uay[l] - gay[l]
+                w[l] *= cy * ((av[l] + y) * uby[l])
+        for l in range(m):
+            out[base + l] = cn[l] + (num[l] + w[l] * ta[l]) / (den[l] + w[l])
 
 
 _NUMBA_SPECS = (
@@ -809,10 +893,11 @@ _NUMBA_SPECS = (
     ("_nb_g_scalar", dict(fastmath={"contract"})),
     ("_nb_fill_g", dict(fastmath={"contract"})),
     ("_nb_mi_one", dict(fastmath={"contract"})),
-    ("_nb_mi_per_k", dict(fastmath={"contract"})),
-    ("_nb_fix_small_lane", dict(fastmath={"contract"})),
-    ("_nb_series_table", dict(fastmath={"contract"}, inline="always")),
-    ("_nb_mi_lanes", dict(fastmath={"contract"}, nogil=True)),
+    ("_nb_mi_per_k", dict(fastmath={"contract"}, nogil=True)),
+    ("_nb_vlog", dict(fastmath={"contract"}, error_model="numpy")),
+    ("_nb_series_rows", dict(fastmath={"contract"}, error_model="numpy")),
+    ("_nb_fix_small_rows", dict(fastmath={"contract"}, error_model="numpy")),
+    ("_nb_mi_rows", dict(fastmath={"contract"}, error_model="numpy", nogil=True)),
 )
 
 
@@ -844,14 +929,14 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def _run_threaded(kernel, a, b, k, out, chunk_blocks) -> None:
+def _run_threaded(kernel, a, b, k, out) -> None:
     """Split the prompts into contiguous slices run by a pool of threads; the kernel
     releases the GIL (nogil), so plain Python threads run the slices in parallel."""
     global _pool
     n = a.shape[0]
     threads = min(_num_threads, max(1, n // _MIN_PER_THREAD))
     if threads == 1:
-        kernel(a, b, k, out, chunk_blocks)
+        kernel(a, b, k, out)
         return
     if _pool is None or _pool._max_workers < threads:
         from concurrent.futures import ThreadPoolExecutor
@@ -860,7 +945,7 @@ def _run_threaded(kernel, a, b, k, out, chunk_blocks) -> None:
     # up one small slice, not half of the work
     pieces = max(threads, min(8 * threads, n // _MIN_PER_THREAD))
     edges = [(n * t // pieces) // _LANES * _LANES for t in range(pieces)] + [n]
-    futures = [_pool.submit(kernel, a[lo:hi], b[lo:hi], k, out[lo:hi], chunk_blocks)
+    futures = [_pool.submit(kernel, a[lo:hi], b[lo:hi], k, out[lo:hi])
                for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
     for f in futures:
         f.result()
@@ -878,33 +963,30 @@ def _build_numba():
     g = globals()
     for name, opts in _NUMBA_SPECS:
         g[name] = numba.njit(cache=True, **opts)(g[name])
-    _numba_kernels = (g["_nb_mi_per_k"], g["_nb_mi_lanes"])
+    _numba_kernels = (g["_nb_mi_per_k"], g["_nb_mi_rows"])
     return _numba_kernels
 
 
-def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int, chunk_blocks: int = 64
-              ) -> np.ndarray:
+def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int) -> np.ndarray:
     """Compiled kernels (numba, threaded); ``k`` scalar or per-prompt array. No validation.
 
-    The lane kernel (vectorized across prompts) takes every prompt with k <= 900 and
-    a, b in [1e-6, 1e60]; the scalar kernel (same math, plain divisions, rescaled weights)
-    takes the rest.
+    The block kernel (vectorized across prompts) takes every prompt with k <= 900 and
+    a, b in [1e-6, 1e60]; the scalar kernel (same math, plain divisions and logs, rescaled
+    weights) takes the rest.
     """
-    per_k, lanes = _build_numba()
-
-    def lanes_threaded(a, b, k, out, chunk_blocks):
-        _run_threaded(lanes, a, b, k, out, chunk_blocks)
+    per_k, rows = _build_numba()
 
     a = np.ascontiguousarray(a, dtype=np.float64).ravel()
     b = np.ascontiguousarray(b, dtype=np.float64).ravel()
     out = np.empty(a.shape, dtype=np.float64)
     if a.size == 0:
         return out
+    if (np.ndim(k) == 0 and k <= _LANES_KMAX and a.min() >= _LANES_MIN
+            and b.min() >= _LANES_MIN and a.max() <= _LANES_MAX and b.max() <= _LANES_MAX):
+        _run_threaded(rows, a, b, int(k), out)
+        return out
     lane_ok = ((a >= _LANES_MIN) & (a <= _LANES_MAX) & (b >= _LANES_MIN) & (b <= _LANES_MAX)
                & (np.asarray(k) <= _LANES_KMAX))
-    if np.ndim(k) == 0 and lane_ok.all():
-        lanes_threaded(a, b, int(k), out, chunk_blocks)
-        return out
     kk = np.broadcast_to(np.asarray(k, dtype=np.int64), a.shape)
     rest = np.flatnonzero(~lane_ok)
     if rest.size:
@@ -914,6 +996,6 @@ def _mi_numba(a: np.ndarray, b: np.ndarray, k: np.ndarray | int, chunk_blocks: i
     for kv in np.unique(kk[lane_ok]):
         idx = np.flatnonzero(lane_ok & (kk == kv))
         sub = np.empty(idx.size)
-        lanes_threaded(a[idx], b[idx], int(kv), sub, chunk_blocks)
+        _run_threaded(rows, a[idx], b[idx], int(kv), sub)
         out[idx] = sub
     return out
