@@ -40,13 +40,20 @@ unnormalized weights w(0) = 1, w(y+1) = w(y) (k-y)/(y+1) (a+y)/(b+k-y-1) stay be
 because P(0) = prod (b+j)/(n+j) >= 2^-k; they are rescaled past 1e250 (any k works), and
 E[.] = sum w T / sum w.
 
-Accuracy: relative error below ~1e-11 against 50-digit mpmath for a, b in [0.01, 1e6] and
-k in [1, 2000] (tests/test_acquisition.py). Three implementations share it:
-``_mi_numba`` (compiled with numba, vectorized across blocks of 8 prompts, one slice of the
-prompts per thread; used when numba is importable
-and INSIGHT_DISABLE_NUMBA is unset), ``_mi_numpy`` (the same recurrences vectorized with
-numpy; fallback and reference, tested equal) and ``mi_naive`` (the DESIGN formula with
-scipy per y; benchmark reference only).
+Accuracy: relative error below ~1e-10 against 50-digit mpmath for a, b in [0.01, 1e6] and
+k in [1, 2000] (tests/test_acquisition.py); ~1e-7 at the edges of the accepted range
+[1e-8, 1e15]. Three implementations share the math:
+
+* ``_mi_numba``: compiled with numba (lazily; the machine code is cached on disk). A block
+  kernel takes 128 prompts at a time with the prompt index innermost, so the compiler
+  vectorizes across prompts (one division per four reciprocals, a branch-free fdlibm-style
+  log for the arguments below 10); slices of the prompts run on a thread pool (the kernel
+  releases the GIL; ``set_num_threads``, INSIGHT_NUM_THREADS). A scalar kernel with plain
+  libm calls and weight rescaling takes k > 900 and extreme a, b. Used when numba is
+  importable and INSIGHT_DISABLE_NUMBA is unset.
+* ``_mi_numpy``: the same recurrences vectorized over prompts with numpy; the fallback
+  without numba and the reference the compiled kernels are tested against.
+* ``mi_naive``: the DESIGN formula with scipy per y; benchmark reference only.
 """
 
 from __future__ import annotations
@@ -407,7 +414,7 @@ G_SERIES_MIN = 10.0  # the asymptotic series of g is used at and above this argu
 _BLOCK = 32          # factors per block of the C_n product
 _ROWS = 128           # prompts per vectorized block of the compiled kernel
 _LANES = 8            # thread slices are multiples of this
-_LANES_KMAX = 900     # block kernel: 2^k stays finite without rescaling
+_LANES_KMAX = 900     # block kernel: weights stay below 2^k, finite without rescaling
 _LANES_MIN, _LANES_MAX = 1e-6, 1e60   # block kernel: products of 4 arguments stay finite
 # fdlibm log constants (block kernel's vectorizable log)
 _LN2_HI = 6.93147180369123816490e-01

@@ -105,6 +105,29 @@ def test_numba_and_numpy_backends_agree():
                                rtol=1e-11)
 
 
+@pytest.mark.skipif(not A.numba_available(), reason="numba not installed")
+def test_threaded_kernel_and_vector_log():
+    rng = np.random.default_rng(8)
+    a = 10 ** rng.uniform(-2, 4, 70_000)
+    b = 10 ** rng.uniform(-2, 4, 70_000)
+    threads = A.get_num_threads()
+    try:
+        A.set_num_threads(1)
+        one = MI(a, b, 16, backend="numba")
+        A.set_num_threads(3)
+        three = MI(a, b, 16, backend="numba")
+    finally:
+        A.set_num_threads(threads)
+    np.testing.assert_array_equal(one, three)
+    np.testing.assert_allclose(one, MI(a, b, 16, backend="numpy"), rtol=1e-11)
+    per_k, _ = A._build_numba()
+    x = np.concatenate([10 ** rng.uniform(-300, 300, 4000), np.nextafter(np.sqrt(2), [0, 3]),
+                        [1.0, 2.0, 0.5, 1e-6, 1e60]])
+    out, scratch = np.empty_like(x), np.empty_like(x)
+    A._nb_vlog(x, len(x), out, scratch)
+    np.testing.assert_allclose(out, np.log(x), rtol=4e-16, atol=0)
+
+
 def test_per_prompt_k_equals_separate_calls():
     a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.0, 3.0, 2.0, 1.0])
     ks = np.array([1, 16, 3, 16])
