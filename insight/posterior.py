@@ -91,8 +91,9 @@ def mopps_update(alpha, beta, success_rate, k, *, lam: float = 1.0, a0: float = 
     a, b = validate_alpha_beta(alpha, beta)
     rate = as_float_array(success_rate, "success_rate")
     kk = as_float_array(k, "k")
-    if ((rate < 0) | (rate > 1)).any():
-        raise ValueError(f"success_rate must lie in [0, 1]; offending {_describe((rate < 0) | (rate > 1))}")
+    bad = (rate < 0) | (rate > 1)
+    if bad.any():
+        raise ValueError(f"success_rate must lie in [0, 1]; offending {_describe(bad)}")
     return lam * a + (1.0 - lam) * a0 + kk * rate, lam * b + (1.0 - lam) * b0 + kk * (1.0 - rate)
 
 

@@ -120,7 +120,8 @@ def empirical_bayes_state(state: PosteriorState, *, min_prompts: int = 2, tol: f
     """Refit the prior to the state's own evidence and rebase the state onto it.
 
     Every prompt becomes (a0' + e_a, b0' + e_b): the consistent empirical-Bayes posterior;
-    prompts without evidence get exactly Beta(a0', b0'). With fewer than ``min_prompts`` observed prompts the state is returned unchanged and
+    prompts without evidence get exactly Beta(a0', b0'). With fewer than ``min_prompts``
+    observed prompts the state is returned unchanged and
     the fit is None. The returned state records (a0', b0') as its prior.
     """
     ea, eb = state.evidence()

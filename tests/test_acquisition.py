@@ -204,7 +204,7 @@ def test_mi_properties_hypothesis(a, b, k):
     assert float(MI(a, b, k + 1)) > v
 
 
-# -- scores -------------------------------------------------------------------------------------
+# -- scores ---------------------------------------------------------------------------------
 def test_scores_of_each_selector():
     a = np.array([1.0, 5.0, 20.0, 2.0, 50.0])
     b = np.array([1.0, 5.0, 2.0, 20.0, 50.0])
@@ -225,7 +225,8 @@ def test_scores_of_each_selector():
     u = A.score("uniform", a, b, k, rng=1)
     assert ((u >= 0) & (u < 1)).all()
     # same seed, same scores
-    np.testing.assert_array_equal(A.score("mopps", a, b, k, rng=3), A.score("mopps", a, b, k, rng=3))
+    np.testing.assert_array_equal(A.score("mopps", a, b, k, rng=3),
+                                  A.score("mopps", a, b, k, rng=3))
 
 
 def test_score_components_diagnostics():
@@ -240,7 +241,7 @@ def test_score_components_diagnostics():
     assert np.isnan(comp["weight"]).all() and np.isfinite(comp["mi"]).all()
 
 
-# -- bad input --------------------------------------------------------------------------------------
+# -- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha,beta,k,match", [
     ([1.0, np.nan], [1.0, 1.0], 4, r"alpha must be finite.*\['q'\]"),
     ([1.0, 1.0], [1.0, -2.0], 4, r"beta must be > 0.*\['q'\]"),
