@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--k", type=int, default=16)
     ov.add_argument("--repeats", type=int, default=3)
     ov.set_defaults(func=cmd_bench_overhead)
+
+    from insight.simulate import add_simulate_arguments, run_simulate
+    sim = bench.add_parser("simulate", help="SIMULATION: toy learning dynamics for selector "
+                                            "sweeps (not a measurement)")
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=run_simulate)
     return p
 
 

@@ -205,11 +205,15 @@ def _check_selector(selector: str) -> None:
 # --------------------------------------------------------------------------------------
 # mutual information
 # --------------------------------------------------------------------------------------
+NUMBA_MIN_PROMPTS = 100_000
+
+
 def mutual_information(alpha, beta, k, *, backend: str = "auto", prompt_ids=None) -> np.ndarray:
     """Exact I_k(a, b) = I(Y; p) for Y | p ~ Binomial(k, p), p ~ Beta(a, b), in nats.
 
     ``alpha``, ``beta``: arrays (or scalars) > 0; ``k``: integer >= 1, scalar or one per
-    prompt. ``backend``: "auto" (numba if available, else numpy), "numba", "numpy" or
+    prompt. ``backend``: "auto" (numba for pools of NUMBA_MIN_PROMPTS or more when
+    available, else numpy), "numba", "numpy" or
     "naive" (the DESIGN formula with scipy per y; slow and imprecise at large n).
     ``prompt_ids`` only serve to name offending rows in errors. Returns float64 with the
     broadcast shape of alpha and beta.
@@ -226,7 +230,10 @@ def mutual_information(alpha, beta, k, *, backend: str = "auto", prompt_ids=None
 def _mi(a: np.ndarray, b: np.ndarray, k, backend: str = "auto") -> np.ndarray:
     """Unvalidated dispatch (a, b 1-D float64; k int or int64 array)."""
     if backend == "auto":
-        backend = "numba" if numba_available() else "numpy"
+        # The compiled kernel pays a one-off JIT (seconds to tens of seconds per process
+        # when its cache is cold); below NUMBA_MIN_PROMPTS the numpy recurrence finishes
+        # in milliseconds, so a small pool never waits on a compiler.
+        backend = "numba" if a.size >= NUMBA_MIN_PROMPTS and numba_available() else "numpy"
     if backend == "numba":
         if not numba_available():
             raise ValueError("backend 'numba' requested but numba is not importable "
