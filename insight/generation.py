@@ -1,0 +1,374 @@
+"""Rollout generation and held-out evaluation.
+
+The seam is `RolloutEngine`: anything with `generate(prompts, k, *, temperature, top_p,
+max_new_tokens, seed) -> list[list[Rollout]]`. `HFEngine` samples with a plain
+Hugging Face causal LM (batched, KV cache, a hand-written decode loop that draws from a
+local `torch.Generator`, so results are reproducible given the seed on CPU and never
+touch the global RNG). `VLLMEngine` is the GPU path for real runs (needs the optional
+`vllm` extra; imported lazily).
+
+Rollout ids: `completion_token_ids` are exactly the sampled ids, EOS included when it was
+produced, so the policy update can recompute their log-probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from insight.model import eos_ids
+
+
+@dataclass(frozen=True)
+class Rollout:
+    completion: str  # decoded text, EOS and padding stripped
+    completion_token_ids: list[int]  # sampled ids, EOS included if produced
+    truncated: bool  # True when max_new_tokens ran out before EOS
+    logprob: float | None = None  # sum of sampling log-probs (after temperature/top-p)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(
+        self,
+        prompts: Sequence[str],
+        k: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 8,
+        seed: int = 0,
+    ) -> list[list[Rollout]]: ...
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next ids [N] and their log-probs under the sampling distribution.
+
+    temperature <= 0 means greedy (argmax, log-prob 0)."""
+    logits = logits.float()
+    if temperature <= 0:
+        ids = logits.argmax(dim=-1)
+        return ids, torch.zeros_like(ids, dtype=torch.float32)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_lp, sorted_idx = torch.sort(logp, dim=-1, descending=True)
+        cum = sorted_lp.exp().cumsum(dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (always keep the top token)
+        remove = (cum - sorted_lp.exp()) >= top_p
+        sorted_lp = sorted_lp.masked_fill(remove, float("-inf"))
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, sorted_idx, sorted_lp)
+        logp = torch.log_softmax(logp, dim=-1)
+    probs = logp.exp()
+    ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+
+def _cache_kwarg(model) -> str:
+    """Name of the KV-cache argument of model.forward: `cache` in transformers >= 5.x,
+    `past_key_values` before."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def _get_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode a left-padded batch with a KV cache.
+
+    Returns (new_ids [N, T] padded with pad_token_id after EOS, lengths [N] counting
+    EOS, logprob_sums [N]); T <= max_new_tokens (stops early when every row ended).
+    """
+    device = input_ids.device
+    n = input_ids.shape[0]
+    eos = torch.tensor(list(eos_token_ids), device=device)
+    attn = attention_mask.clone()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache_kw = _cache_kwarg(model)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    past = _get_cache(out)
+    logits = out.logits[:, -1, :]
+    next_pos = pos[:, -1:] + 1
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    lp_sum = torch.zeros(n, dtype=torch.float32, device=device)
+    steps: list[torch.Tensor] = []
+    for t in range(max_new_tokens):
+        ids, lp = _sample_next(logits, temperature, top_p, generator)
+        ids = torch.where(done, torch.full_like(ids, pad_token_id), ids)
+        lp_sum += torch.where(done, torch.zeros_like(lp), lp)
+        lengths += (~done).long()
+        steps.append(ids)
+        done = done | torch.isin(ids, eos)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
+        out = model(
+            input_ids=ids[:, None],
+            attention_mask=attn,
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kw: past},
+        )
+        past = _get_cache(out)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    new_ids = torch.stack(steps, dim=1) if steps else torch.zeros(n, 0, dtype=torch.long)
+    return new_ids, lengths, lp_sum
+
+
+def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def generate_rollouts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[list[Rollout]]:
+    """k sampled completions per prompt: result[i][j] is sample j of prompts[i].
+
+    Prompts are encoded with the tokenizer's special tokens (BOS for the tiny policy)
+    and left-padded. Rows are decoded in chunks of `batch_size` sequences (the k copies
+    of a prompt are adjacent). Deterministic given `seed` (and batch_size) on CPU.
+    temperature <= 0 gives greedy decoding.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        return []
+    device = _model_device(model)
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    gen = _make_generator(seed, device)
+    was_training = model.training
+    model.eval()
+    flat = [p for p in prompts for _ in range(k)]
+    rows: list[Rollout] = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start : start + batch_size]
+            enc = tokenizer(list(chunk), return_tensors="pt", padding=True)
+            new_ids, lengths, lp = sample_batch(
+                model,
+                enc["input_ids"].to(device),
+                enc["attention_mask"].to(device),
+                eos_token_ids=eos,
+                pad_token_id=pad_id,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                generator=gen,
+            )
+            new_ids, lengths, lp = new_ids.cpu(), lengths.cpu(), lp.cpu()
+            for r in range(new_ids.shape[0]):
+                ids = new_ids[r, : int(lengths[r])].tolist()
+                ended = bool(ids) and ids[-1] in eos
+                text_ids = ids[:-1] if ended else ids
+                rows.append(
+                    Rollout(
+                        completion=tokenizer.decode(text_ids, skip_special_tokens=True),
+                        completion_token_ids=ids,
+                        truncated=not ended,
+                        logprob=float(lp[r]),
+                    )
+                )
+    finally:
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+    return [rows[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+
+class HFEngine:
+    """RolloutEngine over an in-memory Hugging Face causal LM (CPU or CUDA)."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_path(cls, path, device: str = "auto", batch_size: int = 256) -> "HFEngine":
+        from insight.model import load_policy
+
+        model, tok = load_policy(path, device=device)
+        return cls(model, tok, batch_size=batch_size)
+
+    def generate(self, prompts, k, *, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0):
+        return generate_rollouts(
+            self.model,
+            self.tokenizer,
+            prompts,
+            k,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=self.batch_size,
+        )
+
+
+class VLLMEngine:
+    """RolloutEngine backed by vLLM (GPU runs; optional extra `insight-rlvr[gpu]`).
+
+    Loads the policy from a local checkpoint directory. vLLM samples with its own
+    kernels, so results are reproducible given the seed only up to vLLM's own
+    guarantees, and its token log-probs differ slightly from the trainer's: the policy
+    update recomputes old log-probs itself, so only the sampled ids are used.
+    Not exercised by the test suite (vLLM is not installed on CPU machines).
+    """
+
+    def __init__(self, path, *, gpu_memory_utilization: float = 0.5, **llm_kwargs: Any):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "VLLMEngine needs vLLM: pip install 'insight-rlvr[gpu]' (GPU machines only); "
+                "use HFEngine on CPU"
+            ) from e
+        from insight.model import check_model_dir, load_tokenizer
+
+        p = check_model_dir(path)
+        self.tokenizer = load_tokenizer(p)
+        self.llm = vllm.LLM(
+            model=str(p), gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs
+        )
+
+    def generate(self, prompts, k, *, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0):
+        import vllm  # pragma: no cover
+
+        params = vllm.SamplingParams(  # pragma: no cover
+            n=k,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_new_tokens,
+            seed=seed,
+        )
+        outs = self.llm.generate(list(prompts), params)  # pragma: no cover
+        eos = self.tokenizer.eos_token_id  # pragma: no cover
+        result = []  # pragma: no cover
+        for o in outs:  # pragma: no cover
+            group = []
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                ended = c.finish_reason == "stop" and bool(ids) and ids[-1] == eos
+                text = self.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True)
+                group.append(Rollout(text, ids, truncated=c.finish_reason == "length"))
+            result.append(group)
+        return result
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _verify(problem, completion: str):
+    from insight.verifiers import verify
+
+    return verify(problem.verifier, completion, problem.answer)
+
+
+def evaluate_accuracy(
+    model,
+    tokenizer,
+    problems: Sequence[Any],
+    *,
+    n_samples: int = 4,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 8,
+    batch_size: int = 512,
+) -> dict:
+    """Held-out accuracy of the policy on `problems` (objects with prompt_id, prompt,
+    answer, verifier), verified with `insight.verifiers.verify`.
+
+    greedy=True: one argmax completion per problem (n_samples ignored); accuracy is the
+    share of problems solved. Otherwise avg@n: n_samples sampled completions per
+    problem at `temperature`, accuracy = mean success over all samples.
+    Returns {"accuracy", "n_problems", "n_samples", "greedy", "temperature",
+    "per_problem": [{"prompt_id", "successes", "n"}]}.
+    """
+    n = 1 if greedy else int(n_samples)
+    if n < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    rolls = generate_rollouts(
+        model,
+        tokenizer,
+        [p.prompt for p in problems],
+        n,
+        temperature=0.0 if greedy else temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    per_problem = []
+    total = 0
+    for prob, group in zip(problems, rolls):
+        s = sum(1 for r in group if _verify(prob, r.completion).success)
+        total += s
+        per_problem.append({"prompt_id": prob.prompt_id, "successes": s, "n": n})
+    denom = max(1, n * len(problems))
+    return {
+        "accuracy": total / denom,
+        "n_problems": len(problems),
+        "n_samples": n,
+        "greedy": bool(greedy),
+        "temperature": 0.0 if greedy else float(temperature),
+        "per_problem": per_problem,
+    }
+
+
+def greedy_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 8) -> list[str]:
+    """Greedy completion text for each prompt."""
+    rolls = generate_rollouts(
+        model, tokenizer, prompts, 1, temperature=0.0, max_new_tokens=max_new_tokens, seed=0
+    )
+    return [g[0].completion for g in rolls]
