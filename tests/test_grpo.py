@@ -189,9 +189,10 @@ def test_all_zero_advantages_take_no_optimizer_step():
 def test_update_raises_logprob_of_advantaged_completions_and_reports_stats():
     model, tok = build_tiny_policy(0, **SMALL)
     prompt = tok("12+3=")["input_ids"]
-    good, bad = tok("15", add_special_tokens=False)["input_ids"] + [2], [9, 9, 2]
+    good = tok("15", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    bad = tok("-7-", add_special_tokens=False)["input_ids"]  # truncated, no token shared with good
     batch = PolicyBatch([prompt, prompt], [good, bad], [1.0, -1.0])
-    opt = make_optimizer(model, 1e-2)
+    opt = make_optimizer(model, 1e-3)
     from insight.grpo import _collate, completion_logprobs
 
     def seq_lp():
