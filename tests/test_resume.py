@@ -38,8 +38,9 @@ COMPARED = {
 
 
 def resume_config(policy_dir, **over):
-    return tiny_config(policy_dir, rounds=ROUNDS, tracking={"enabled": False},
-                       eval={"every": ROUNDS, "n_samples": 1}, **over)
+    base = {"rounds": ROUNDS, "tracking": {"enabled": False},
+            "eval": {"every": ROUNDS, "n_samples": 1}}
+    return tiny_config(policy_dir, **{**base, **over})
 
 
 def tables(run_dir) -> dict[str, list]:
