@@ -86,8 +86,8 @@ def cmd_sync_mlflow(args) -> int:
     from tasks.tracking import sync, tracking_uri
 
     run = load_run(args.run_dir)
-    done = sync(run)
-    print(json.dumps({"run_id": run.run_id, "tracking_uri": tracking_uri(run),
+    done = sync(run, uri=args.tracking_uri)
+    print(json.dumps({"run_id": run.run_id, "tracking_uri": tracking_uri(run, args.tracking_uri),
                       "rounds_logged": done}))
     return 0
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("sync-mlflow", help="backfill MLflow from the run store")
     sm.add_argument("--run-dir", required=True)
+    sm.add_argument("--tracking-uri", help="log to this MLflow instead of the run's own")
     sm.set_defaults(func=cmd_sync_mlflow)
 
     sc = sub.add_parser("score", help="score posteriors from a Parquet/CSV file")

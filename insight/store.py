@@ -63,7 +63,8 @@ SCHEMA: dict[str, str] = {
         run_id VARCHAR, round INTEGER, stage VARCHAR, seconds DOUBLE,
         wall_seconds DOUBLE, finished_at TIMESTAMPTZ""",
     "tracking": """
-        run_id VARCHAR, round INTEGER, mlflow_run_id VARCHAR, logged_at TIMESTAMPTZ""",
+        run_id VARCHAR, round INTEGER, mlflow_run_id VARCHAR, logged_at TIMESTAMPTZ,
+        uri VARCHAR""",
 }
 
 # Tables whose rows belong to one round and are exported per round.

@@ -25,13 +25,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 RUN_LEVEL = -1  # `tracking.round` of the row that records the MLflow run itself
 
 
-def tracking_uri(run: Run) -> str:
-    return run.config.tracking.tracking_uri or f"sqlite:///{run.run_dir / 'mlflow.db'}"
+def tracking_uri(run: Run, override: str | None = None) -> str:
+    return override or run.config.tracking.tracking_uri or \
+        f"sqlite:///{run.run_dir / 'mlflow.db'}"
 
 
-def _client(run: Run):
+def _client(run: Run, uri: str | None = None):
     from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=tracking_uri(run))
+    return MlflowClient(tracking_uri=tracking_uri(run, uri))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -44,19 +45,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def ensure_mlflow_run(run: Run, flow_run_id: str | None = None) -> str:
-    """The MLflow run of this training run: created once (config as params), reused on
-    resume; the latest Prefect flow run id is kept as a tag."""
-    client = _client(run)
+def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None = None) -> str:
+    """The MLflow run of this training run: created once per tracking URI (config as
+    params), reused on resume; the latest Prefect flow run id is kept as a tag."""
+    client = _client(run, uri)
     with RunStore(run.run_dir) as db:
         mlflow_run_id = db.scalar("SELECT mlflow_run_id FROM tracking WHERE run_id = ? AND "
-                                  "round = ?", [run.run_id, RUN_LEVEL])
+                                  "round = ? AND uri = ?",
+                                  [run.run_id, RUN_LEVEL, tracking_uri(run, uri)])
     if mlflow_run_id is None:
         exp = client.get_experiment_by_name(run.config.tracking.experiment)
         if exp is None:
             location = None
-            if run.config.tracking.tracking_uri is None:
-                location = (run.run_dir / "mlartifacts").as_uri()
+            target = tracking_uri(run, uri)
+            if target.startswith("sqlite:///"):
+                # A local SQLite store keeps its artifacts beside it, not in the cwd.
+                location = (Path(target[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
             exp_id = client.create_experiment(run.config.tracking.experiment,
                                               artifact_location=location)
         else:
@@ -72,17 +76,18 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None) -> str:
         for i in range(0, len(items), 100):
             client.log_batch(mlflow_run_id, params=items[i:i + 100])
         with RunStore(run.run_dir) as db:
-            db.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
-                           [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow()])
+            db.execute("INSERT INTO tracking (run_id, round, mlflow_run_id, logged_at, uri) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow(), tracking_uri(run, uri)])
     if flow_run_id:
         client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
     return mlflow_run_id
 
 
-def log_round(run: Run, round_: int, mlflow_run_id: str) -> None:
+def log_round(run: Run, round_: int, mlflow_run_id: str, uri: str | None = None) -> None:
     """Metrics (step = round) and the round's Parquet and plots as artifacts."""
     from mlflow.entities import Metric
-    client = _client(run)
+    client = _client(run, uri)
     with RunStore(run.run_dir) as db:
         row = db.round_row(run.run_id, round_)
     if row is None or row["status"] != "committed":
@@ -95,26 +100,43 @@ def log_round(run: Run, round_: int, mlflow_run_id: str) -> None:
     folder = round_dir(run.run_dir, round_)
     if folder.is_dir():
         client.log_artifacts(mlflow_run_id, str(folder), artifact_path=f"rounds/{folder.name}")
+    plots = round_plots(run, round_)
+    if plots:
+        client.log_artifacts(mlflow_run_id, str(plots), artifact_path=f"plots/{plots.name}")
     with RunStore(run.run_dir) as db:
-        db.execute("DELETE FROM tracking WHERE run_id = ? AND round = ?", [run.run_id, round_])
-        db.execute("INSERT INTO tracking VALUES (?, ?, ?, ?)",
-                       [run.run_id, round_, mlflow_run_id, utcnow()])
+        db.execute("DELETE FROM tracking WHERE run_id = ? AND round = ? AND uri = ?",
+                   [run.run_id, round_, tracking_uri(run, uri)])
+        db.execute("INSERT INTO tracking (run_id, round, mlflow_run_id, logged_at, uri) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   [run.run_id, round_, mlflow_run_id, utcnow(), tracking_uri(run, uri)])
 
 
-def untracked_rounds(run: Run) -> list[int]:
+def round_plots(run: Run, round_: int) -> Path | None:
+    """The round's plots (run_dir/plots/round_NNNNN/): score vs posterior mean every
+    round; posterior means, the selection heat map and calibration every 10 rounds and
+    at the last one."""
+    from insight.plots import make_round_plots
+    out = run.run_dir / "plots" / f"round_{round_:05d}"
+    paths = make_round_plots(run.run_dir, round_, out, every=10,
+                             final=round_ == run.config.rounds)
+    return out if paths else None
+
+
+def untracked_rounds(run: Run, uri: str | None = None) -> list[int]:
     with RunStore(run.run_dir) as db:
         t = db.sql("SELECT round FROM rounds WHERE run_id = ? AND status = 'committed' AND "
-                   "round NOT IN (SELECT round FROM tracking WHERE run_id = ?) ORDER BY round",
-                   [run.run_id, run.run_id])
+                   "round NOT IN (SELECT round FROM tracking WHERE run_id = ? AND uri = ?) "
+                   "ORDER BY round", [run.run_id, run.run_id, tracking_uri(run, uri)])
     return t.column("round").to_pylist()
 
 
-def sync(run: Run, flow_run_id: str | None = None) -> list[int]:
-    """Backfill every committed round MLflow has not seen. Returns the rounds logged."""
-    mlflow_run_id = ensure_mlflow_run(run, flow_run_id)
+def sync(run: Run, flow_run_id: str | None = None, uri: str | None = None) -> list[int]:
+    """Backfill every committed round this MLflow (the run's, or `uri`) has not seen.
+    Returns the rounds logged."""
+    mlflow_run_id = ensure_mlflow_run(run, flow_run_id, uri)
     done = []
-    for r in untracked_rounds(run):
-        log_round(run, r, mlflow_run_id)
+    for r in untracked_rounds(run, uri):
+        log_round(run, r, mlflow_run_id, uri)
         done.append(r)
     return done
 
