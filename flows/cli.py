@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--repeats", type=int, default=3)
     ov.set_defaults(func=cmd_bench_overhead)
 
+    from flows.bench_compare import add_compare_arguments, run_compare
+    cmp_ = bench.add_parser("compare", help="real training runs per selector and seed, "
+                                            "side by side (rollouts to accuracy targets)")
+    add_compare_arguments(cmp_)
+    cmp_.set_defaults(func=run_compare)
+
     from insight.simulate import add_simulate_arguments, run_simulate
     sim = bench.add_parser("simulate", help="SIMULATION: toy learning dynamics for selector "
                                             "sweeps (not a measurement)")

@@ -247,8 +247,13 @@ def _generate_group_rows(run, round_, model, tok, problems, prompt_ids, gen_batc
                              ("verifier_error", res.error), ("truncated", bool(ro.truncated))):
                 cols[key].append(val)
     n = len(cols["prompt_id"])
-    t = pa.table({**cols, "completion_token_ids": pa.array(cols["completion_token_ids"],
-                                                           pa.list_(pa.int32()))})
+    # Explicit types: a batch with no verifier error must not type the column as null
+    # (a later DAPO refill batch with one would then not concatenate).
+    t = pa.table({**cols,
+                  "completion": pa.array(cols["completion"], pa.string()),
+                  "verifier_error": pa.array(cols["verifier_error"], pa.string()),
+                  "completion_token_ids": pa.array(cols["completion_token_ids"],
+                                                   pa.list_(pa.int32()))})
     t = t.append_column("run_id", pa.array([run.run_id] * n))
     t = t.append_column("round", pa.array([round_] * n, pa.int32()))
     t = t.append_column("policy_round", pa.array([round_ - 1] * n, pa.int32()))

@@ -31,3 +31,14 @@ def tiny_policy_dir(tmp_path_factory):
     model, tok = build_tiny_policy(seed=0)
     save_policy(model, tok, path)
     return path
+
+
+@pytest.fixture
+def prefect_env(prefect_api) -> dict:
+    """Environment for a subprocess that should report to the session's Prefect API
+    (instead of paying for an ephemeral server of its own)."""
+    from prefect.settings import PREFECT_API_URL
+    env = os.environ.copy()
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    return env

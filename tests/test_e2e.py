@@ -166,7 +166,7 @@ def test_training_an_already_finished_run_does_nothing_more(finished_run):
 
 
 @pytest.mark.slow
-def test_insight_train_command_prints_progress_and_a_json_summary_last(
+def test_insight_train_command_prints_progress_and_a_json_summary_last(prefect_env,
                                                                        tiny_policy_dir,
                                                                        tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
@@ -174,7 +174,7 @@ def test_insight_train_command_prints_progress_and_a_json_summary_last(
     run_dir = tmp_path / "run"
     out = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(cfg_path),
                           "--run-dir", str(run_dir), "--selector", "uniform"],
-                         capture_output=True, text=True, timeout=600, env=os.environ.copy())
+                         capture_output=True, text=True, timeout=600, env=prefect_env)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert any(line.startswith("round   2/2") for line in lines), out.stdout
@@ -194,3 +194,21 @@ def test_a_missing_model_path_fails_before_training_and_names_the_path(tmp_path)
     assert out.returncode == 2
     assert "no-such-model" in out.stderr and "policy.path" in out.stderr
     assert not (tmp_path / "run" / "insight.duckdb").exists()
+
+
+def test_dynamic_sampling_refills_and_counts_every_generated_rollout(prefect_api,
+                                                                     tiny_policy_dir, tmp_path):
+    """DAPO: groups with s=0 or s=k are dropped and refilled from fresh prompts; the
+    dropped generations are recorded (kept = false) and counted as consumed."""
+    from flows.train import train_flow
+    cfg = config_from_dict(tiny_config(tiny_policy_dir, rounds=1, tracking={"enabled": False},
+                                       selector={"type": "dynamic-sampling",
+                                                 "max_num_gen_batches": 3}))
+    run = open_or_create_run(tmp_path / "run", cfg)
+    summary = train_flow(str(run.run_dir), progress=False)
+    rows = q(run, "SELECT gen_batch, count(*), sum(kept::INT) FROM rollouts GROUP BY 1 ORDER BY 1")
+    # An untrained policy fails every prompt: nothing is kept, all 3 batches are generated.
+    assert [r[0] for r in rows] == [0, 1, 2]
+    assert sum(r[1] for r in rows) == summary["rollouts"] == 3 * B * K
+    drawn = q(run, "SELECT count(DISTINCT prompt_id), count(*) FROM selections WHERE selected")
+    assert drawn == [(3 * B, 3 * B)]     # refills never re-draw a prompt within the round

@@ -26,7 +26,7 @@ from tests.test_e2e import tiny_config
 
 pytestmark = pytest.mark.e2e
 
-ROUNDS = 5
+ROUNDS = 4
 
 COMPARED = {
     "selections": "SELECT round, prompt_id, selected, rank, score, alpha, beta FROM selections",
@@ -65,22 +65,13 @@ def reference(prefect_api, tiny_policy_dir, tmp_path_factory):
     return tables(run.run_dir)
 
 
-def _api_env() -> dict:
-    """Subprocesses talk to the test session's Prefect API instead of starting their own."""
-    from prefect.settings import PREFECT_API_URL
-    env = os.environ.copy()
-    if PREFECT_API_URL.value():
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    return env
-
-
 def _committed(run_dir) -> int:
     return len(list((run_dir / "parquet").glob("round_0*[0-9]")))
 
 
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_matches_an_uninterrupted_run(
-        reference, tiny_policy_dir, tmp_path):
+        reference, tiny_policy_dir, tmp_path, prefect_env):
     from flows.train import train_flow
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(resume_config(tiny_policy_dir)))
@@ -91,7 +82,7 @@ def test_kill_9_at_any_moment_then_resume_matches_an_uninterrupted_run(
     # stages (selection, rollout, update, commit), which is the point.
     for delay in (0.05, 0.6, 1.4):
         before = _committed(run_dir) if run_dir.exists() else 0
-        proc = subprocess.Popen(cmd, env=_api_env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env=prefect_env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 300
         while _committed(run_dir) <= before and proc.poll() is None:
