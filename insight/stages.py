@@ -306,8 +306,11 @@ def train(run: Run, round_: int) -> dict:
     if cfg.train.kl_coef > 0:
         ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=cfg.policy.device)
     prompts, completions, rewards = _groups(t, cfg.rollout.k)
-    batch = grpo.make_policy_batch(tok, prompts, completions, rewards,
-                                   normalize_std=cfg.train.normalize_std)
+    if not prompts:  # e.g. DAPO kept no group: nothing to learn from, the policy carries over
+        batch = grpo.PolicyBatch([], [], [])
+    else:
+        batch = grpo.make_policy_batch(tok, prompts, completions, rewards,
+                                       normalize_std=cfg.train.normalize_std)
     stats = grpo.policy_update(model, opt, batch, ref_model=ref,
                                micro_batch_size=cfg.train.micro_batch_size,
                                epochs=cfg.train.epochs, clip_eps=cfg.train.clip_eps,
