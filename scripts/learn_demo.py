@@ -97,6 +97,7 @@ def parse_args(argv=None):
             ap.add_argument(flag, type=type(val), default=val)
     ap.add_argument("--via-disk", action="store_true", help="save/reload policy+Adam every round")
     ap.add_argument("--json-out", default="", help="write the summary JSON here")
+    ap.add_argument("--save-final", default="", help="save the final policy + Adam state here")
     return ap.parse_args(argv)
 
 
@@ -211,6 +212,8 @@ def main(argv=None) -> dict:
         + f"; mean zero-advantage share {summary['mean_zero_adv']:.2f}",
         flush=True,
     )
+    if a.save_final:
+        save_trainer_state(a.save_final, model, tok, opt, extra={"rounds": a.rounds})
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(summary, indent=2, default=str))
     if tmp is not None:
