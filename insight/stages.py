@@ -352,7 +352,9 @@ def evaluate(run: Run, round_: int, *, force: bool = False) -> dict:
     common = dict(max_new_tokens=cfg.rollout.max_new_tokens, top_p=cfg.rollout.top_p)
     res = generation.evaluate_accuracy(
         model, tok, held_out, n_samples=cfg.eval.n_samples, temperature=cfg.eval.temperature,
-        seed=stage_seed(cfg.seed, round_, EVALUATE), **common)
+        # The same draws every round (common random numbers): the accuracy change
+        # between rounds measures the policy, not a new sample of sampling noise.
+        seed=stage_seed(cfg.seed, 0, EVALUATE), **common)
     out = {"heldout_accuracy": float(res["accuracy"])}
     if cfg.eval.greedy:
         g = generation.evaluate_accuracy(model, tok, held_out, greedy=True, **common)
