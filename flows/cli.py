@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -201,19 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from insight.runlock import RunLockedError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as err:
-        # Bad config, bad data, a missing model path: say what and where, no traceback.
-        from insight.runlock import RunLockedError  # noqa: F401
+        # Bad config, bad data, a missing model path: say what and where, no traceback
+        # (INSIGHT_DEBUG=1 shows it).
+        if os.environ.get("INSIGHT_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        if type(err).__name__ == "RunLockedError":
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
 
 
 if __name__ == "__main__":
