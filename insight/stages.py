@@ -89,9 +89,12 @@ def load_posterior(run: Run, round_: int) -> PosteriorState:
     return PosteriorState.from_arrow(t)
 
 
-def _selector_state(run: Run, round_: int) -> dict:
-    with RunStore(run.run_dir) as db:
-        row = db.round_row(run.run_id, round_)
+def _selector_state(run: Run, round_: int, db: RunStore | None = None) -> dict:
+    """The selector state stored with a round (inside an open store, or opening one)."""
+    if db is None:
+        with RunStore(run.run_dir) as db:
+            return _selector_state(run, round_, db)
+    row = db.round_row(run.run_id, round_)
     return json.loads(row["selector_state"]) if row and row["selector_state"] else {}
 
 
@@ -382,16 +385,11 @@ def commit(run: Run, round_: int, stage_seconds: dict[str, tuple[float, float]] 
         metrics = round_metrics(db, run.run_id, round_, train_stats=stats)
         consumed = int(metrics["rollouts"])
         db.commit_round(run.run_id, round_, checkpoint=str(ckpt),
-                        selector_state=_selector_state_db(db, run, round_),
+                        selector_state=_selector_state(run, round_, db),
                         rollouts_consumed=consumed, metrics=metrics)
         db.export_round(run.run_id, round_)
     prune_checkpoints(run, keep_round=round_)
     return metrics
-
-
-def _selector_state_db(db: RunStore, run: Run, round_: int) -> dict:
-    row = db.round_row(run.run_id, round_)
-    return json.loads(row["selector_state"]) if row and row["selector_state"] else {}
 
 
 def prune_checkpoints(run: Run, keep_round: int) -> None:
