@@ -18,14 +18,11 @@ worker pins its math libraries to cpu_count // N threads; torch follows the conf
 ``policy.threads``. MLflow tracking is off for bench runs unless ``--tracking``: the
 store is the record, and ``insight sync-mlflow --run-dir D/runs/<run>`` backfills later.
 
-CPU default (configs/tiny.yaml, k=8, B=16, 2 cores): 5 selectors x 3 seeds x 30 rounds
-(3,840 rollouts per run, more for dynamic sampling), held-out evaluation every 3 rounds
-(11 points per curve), 2 workers. Measured on the shared 2-core machine under a load
-average of 4-5: a round costs ~4.5 s all-in (stages ~3.6 s, of which ~1.5 s per held-out
-evaluation, plus Prefect/DuckDB bookkeeping), 2 workers give ~1.6x the throughput of
-one process once started (startup ~45 s: Prefect server, torch import in each worker),
-so the default takes ~25 min (dynamic sampling's refills add the most). `--rounds 60`
-roughly doubles that.
+CPU default (configs/tiny.yaml, k=8, B=32, 2 cores): 5 selectors x 3 seeds x 30 rounds,
+held-out evaluation every 3 rounds, 2 workers, dynamic sampling's refills adding the most.
+Measured on the shared 2-core machine: the 60-round comparison of docs/benchmarks.md
+(15 runs, eval every 5) took 34 min; 2 workers give ~1.6x the throughput of one process
+once started (startup ~45 s: Prefect server, torch import in each worker).
 """
 
 from __future__ import annotations
@@ -407,7 +404,9 @@ def compare(out: str | Path, config: str | None = None, selectors=DEFAULT_SELECT
 
 def _md_footer(res: dict) -> str:
     s = res["setup"]
-    lines = ["", f"Setup: config `{s['config'] or 'default'}`, {s['rounds']} rounds, "
+    config = s["config"] or "configs/tiny.yaml (default)"
+    sets = "".join(f" `--set {k}={v}`" for k, v in (s.get("sets") or {}).items())
+    lines = ["", f"Setup: config `{config}`{sets}, {s['rounds']} rounds, "
              f"k={','.join(map(str, s['k']))}, B={','.join(map(str, s['batch_size']))}, "
              f"held-out evaluation every {s['eval_every'] or 'config'} rounds, seeds "
              f"{s['seeds']}."

@@ -173,3 +173,13 @@ def test_parallel_workers_share_one_prefect_api_and_split_the_cores(prefect_api)
     environ = bc._worker_environ(2, url)
     assert environ["PREFECT_API_URL"] == url
     assert environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_markdown_footer_names_the_config_and_every_override():
+    res = {"setup": {"config": None, "rounds": 80, "k": [8], "batch_size": [32],
+                     "eval_every": 5, "seeds": [0, 1], "sets": {"data.max_digits": 3}},
+           "baseline": "uniform", "incomplete_runs": []}
+    footer = bc._md_footer(res)
+    assert "configs/tiny.yaml (default)" in footer
+    assert "`--set data.max_digits=3`" in footer
+    assert "80 rounds" in footer and "seeds [0, 1]" in footer
