@@ -190,6 +190,15 @@ def read_run_record(run_dir: str | Path, rounds: int | None = None) -> dict:
         evals = db.sql("SELECT e.round, e.accuracy, e.greedy_accuracy FROM evals e JOIN rounds r "
                        "USING (run_id, round) WHERE e.run_id = ? AND r.status = 'committed' "
                        "ORDER BY e.round", [rid]).to_pylist()
+        by_level = db.sql(
+            "WITH g AS (SELECT o.round, o.prompt_id, sum(o.success::INT) AS s, count(*) AS n "
+            "FROM rollouts o JOIN rounds r USING (run_id, round) WHERE o.run_id = ? "
+            "AND r.status = 'committed' AND o.round BETWEEN 1 AND ? GROUP BY ALL) "
+            "SELECT p.difficulty, count(*) AS groups, avg((g.s = 0)::INT) AS all_fail, "
+            "avg((g.s = g.n)::INT) AS all_success, sum(g.s) / sum(g.n) AS success_rate "
+            "FROM g JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id "
+            "WHERE p.difficulty IS NOT NULL GROUP BY ALL ORDER BY 1",
+            [rid, rounds if rounds is not None else 2**31 - 1, rid]).to_pylist()
         walls = {r["round"]: r["w"] for r in db.sql(
             "SELECT round, sum(wall_seconds) AS w FROM stages WHERE run_id = ? GROUP BY round",
             [rid]).to_pylist()}
@@ -222,6 +231,9 @@ def read_run_record(run_dir: str | Path, rounds: int | None = None) -> dict:
         "rounds": per_round,
         "wall_seconds": sum(w for rd, w in walls.items() if w is not None and rd in cum),
         "k": cfg["rollout"]["k"], "batch_size": cfg["rollout"]["batch_size"],
+        # Where the generated groups went, per prompt difficulty level (when the dataset
+        # has levels): the first thing to look at when a selector saves less than hoped.
+        "groups_by_difficulty": by_level,
     }
 
 

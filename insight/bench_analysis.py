@@ -256,6 +256,25 @@ def analyze_run(run: dict, levels: dict[str, float], budget: float | None) -> di
     return out
 
 
+def groups_by_difficulty(runs: Sequence[dict]) -> list[dict]:
+    """Per prompt difficulty level, mean over runs of the share of generated groups that
+    went to it and of its all-fail / all-success shares: where the rollouts went.
+    Empty when the runs carry no ``groups_by_difficulty`` (a dataset without levels)."""
+    levels: dict = {}
+    for r in runs:
+        rows = r.get("groups_by_difficulty") or []
+        total = sum(x["groups"] for x in rows)
+        for x in rows:
+            lv = levels.setdefault(x["difficulty"], {"share": [], "all_fail": [],
+                                                     "all_success": [], "success_rate": []})
+            lv["share"].append(x["groups"] / total if total else 0.0)
+            for key in ("all_fail", "all_success", "success_rate"):
+                lv[key].append(x[key])
+    return [{"difficulty": d, "runs": len(v["share"]),
+             **{key: sum(vals) / len(vals) for key, vals in v.items()}}
+            for d, v in sorted(levels.items())]
+
+
 def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARGETS,
             main_target: str | Target = DEFAULT_MAIN_TARGET, baseline: str | None = "uniform",
             selectors: Sequence[str] | None = None) -> dict:
@@ -322,6 +341,8 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
         entry["curve"] = mean_curve([run_curve(r) for r in runs if r["selector"] == sel])
         entry["zero_adv_by_round"] = _mean_by_round(
             [r for r in runs if r["selector"] == sel], "zero_adv_share")
+        entry["groups_by_difficulty"] = groups_by_difficulty(
+            [r for r in runs if r["selector"] == sel])
         results[sel] = entry
 
     base = results.get(baseline) if baseline else None
@@ -370,6 +391,25 @@ def _mean_by_round(runs: Sequence[dict], key: str) -> dict:
 # ------------------------------------------------------------------------------------
 # rendering
 # ------------------------------------------------------------------------------------
+def _difficulty_table(sels: dict) -> list[str]:
+    """Share of generated groups per prompt difficulty level (all-fail share in it)."""
+    levels = sorted({x["difficulty"] for e in sels.values()
+                     for x in e.get("groups_by_difficulty", [])})
+    if not levels:
+        return []
+    lines = ["", "Where the rollouts went: share of generated groups per prompt difficulty "
+                 "level, mean over seeds (in brackets: the share of that level's groups that "
+                 "were all-fail / all-success).", "",
+             "| selector | " + " | ".join(f"level {d}" for d in levels) + " |",
+             "|" + "|".join("---" for _ in range(len(levels) + 1)) + "|"]
+    for sel, e in sels.items():
+        got = {x["difficulty"]: x for x in e.get("groups_by_difficulty", [])}
+        cells = [f"{got[d]['share']:.2f} ({got[d]['all_fail']:.2f} / "
+                 f"{got[d]['all_success']:.2f})" if d in got else "—" for d in levels]
+        lines.append(f"| `{sel}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
@@ -413,7 +453,7 @@ def to_markdown(res: dict, title: str = "Selector comparison") -> str:
             + [f"rollouts to {lab}" for lab in other]
             + ["final acc", "acc @ budget", "AUC", "rollouts consumed"]
             + (["of which discarded"] if discarded else [])
-            + ["zero-adv share", "select time/round (median)"])
+            + ["zero-adv share", "all-fail / all-success", "select time/round (median)"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for sel, e in sels.items():
@@ -426,8 +466,11 @@ def to_markdown(res: dict, title: str = "Selector comparison") -> str:
                 _cell(e["auc"], ".3f"), _cell(e["rollouts_consumed"], ",.0f")]
         row += [_cell(e["extra_rollouts"], ",.0f")] if discarded else []
         row += [_cell(e["zero_adv_share"], ".2f"),
+                f"{_fmt(e['all_fail_share']['mean'], '.2f')} / "
+                f"{_fmt(e['all_success_share']['mean'], '.2f')}",
                 _cell(e["seconds_select_per_round"], ".1f", scale=1000.0) + " ms"]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _difficulty_table(sels)
     lines.append("")
     lines.append("Per seed, rollouts to the main target (— = not reached within the run):")
     lines.append("")

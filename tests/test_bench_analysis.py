@@ -211,3 +211,22 @@ def test_analyze_needs_runs():
     with pytest.raises(ValueError):
         ba.analyze([])
     assert math.isclose(ba.parse_target(0.3).value, 0.3)
+
+
+# --- where the rollouts went ----------------------------------------------------------
+def test_groups_by_difficulty_averages_shares_over_runs():
+    runs = [
+        {"groups_by_difficulty": [
+            {"difficulty": 1, "groups": 30, "all_fail": 0.1, "all_success": 0.2, "success_rate": 0.6},
+            {"difficulty": 3, "groups": 10, "all_fail": 1.0, "all_success": 0.0, "success_rate": 0.0}]},
+        {"groups_by_difficulty": [
+            {"difficulty": 1, "groups": 40, "all_fail": 0.3, "all_success": 0.0, "success_rate": 0.4}]},
+        {},  # a dataset without levels contributes nothing
+    ]
+    got = ba.groups_by_difficulty(runs)
+    assert [x["difficulty"] for x in got] == [1, 3]
+    assert got[0]["share"] == pytest.approx((0.75 + 1.0) / 2) and got[0]["runs"] == 2
+    assert got[0]["all_fail"] == pytest.approx(0.2)
+    assert got[1] == {"difficulty": 3, "runs": 1, "share": 0.25, "all_fail": 1.0,
+                      "all_success": 0.0, "success_rate": 0.0}
+    assert ba.groups_by_difficulty([{}]) == []

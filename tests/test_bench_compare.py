@@ -78,6 +78,10 @@ def test_results_json_has_every_figure_per_selector(bench):
         assert 0.0 <= e["zero_adv_share"]["mean"] <= 1.0
         assert e["curve"]["x"] == [0.0, K * B, 2 * K * B]
         assert e["zero_adv_by_round"]["round"] == [1, 2]
+        # every generated group is attributed to its prompt's difficulty level
+        levels = e["groups_by_difficulty"]
+        assert levels and sum(x["share"] for x in levels) == pytest.approx(1.0)
+        assert all(0.0 <= x["all_fail"] <= 1.0 for x in levels)
     runs = {r["selector"]: r for r in res["runs"]}
     # same seed, same policy, same held-out prompts: the same starting point
     assert runs["insight"]["initial_accuracy"] == runs["uniform"]["initial_accuracy"]
@@ -107,6 +111,7 @@ def test_markdown_and_curves_are_written(bench):
     md = (bench["out"] / "results.md").read_text()
     assert "| `insight` |" in md and "| `uniform` |" in md
     assert "rollouts to +0.10" in md and "speedup vs uniform" in md
+    assert "all-fail / all-success" in md and "Where the rollouts went" in md
     assert (bench["out"] / "curves.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((bench["out"] / "compare.json").read_text())
     assert manifest["selectors"] == ["insight", "uniform"] and manifest["seeds"] == [1]
