@@ -1,11 +1,13 @@
 """Verifiers: score a completion against a reference answer, safely.
 
 A verifier never runs model output. Expressions go through the restricted, bounded
-evaluator in :mod:`insight.safe_math`; everything else is plain string handling with
-bounded lengths and linear-time regexes. :func:`verify` never raises because of the
-*completion*: malformed or hostile text gives ``reward 0`` with ``error`` set. It does
-raise ``ValueError`` for programming/data errors: an unknown verifier name or a reference
-answer that the verifier cannot read (``validate_problems`` catches those up front).
+evaluator in :mod:`insight.safe_math`, math answers also through the whitelisted,
+time-limited symbolic checker in :mod:`insight.symbolic`; everything else is plain string
+handling with bounded lengths and linear-time regexes. :func:`verify` never raises because
+of the *completion*: malformed or hostile text gives ``reward 0`` with ``error`` set. It
+does raise ``ValueError`` for programming/data errors: an unknown verifier name or a
+reference answer that the verifier cannot read (``validate_problems`` catches those up
+front).
 
 Verifiers (``completion`` is the model's text after the prompt, EOS stripped):
 
@@ -35,7 +37,13 @@ Verifiers (``completion`` is the model's text after the prompt, EOS stripped):
     commas, ``\\frac{a}{b}``/``\\dfrac``, ``\\cdot``/``\\times``, ``^``) and, when both read
     as numbers through the safe evaluator, compared exactly (``0.5 == 1/2 ==
     \\frac{1}{2}``); a numeric reference also matches a prediction that holds exactly
-    one number (``"42 apples"``, ``"x = 42"``). Otherwise the normalized strings are compared.
+    one number (``"42 apples"``, ``"x = 42"``). Otherwise equal normalized strings match,
+    and as a last step :mod:`insight.symbolic` tries to prove the two answers equal with
+    SymPy (``2\\sqrt{3} == \\sqrt{12}``, ``x+1 == 1+x``, ``(x+1)^2 == x^2+2x+1``): it reads
+    them through a whitelisted syntax tree, never with ``eval``, and checks in a separate
+    process killed after ``SYMBOLIC_TIMEOUT_S``. A proof gives ``reward 1``; no proof, or
+    an answer outside its small grammar, is wrong; a timeout (or a failed worker) is
+    wrong with ``error`` set (``"symbolic check timed out"``).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence
 
-from insight import safe_math
+from insight import safe_math, symbolic
 from insight.safe_math import SafeMathError
 
 __all__ = [
@@ -70,6 +78,8 @@ MAX_ANSWER_CHARS = 200
 #: Wall-clock budget for evaluating one expression (a backstop; the limits in
 #: safe_math already bound the work structurally).
 EXPRESSION_TIMEOUT_S = 0.5
+#: Wall-clock budget for the symbolic (SymPy) equivalence check of one math answer.
+SYMBOLIC_TIMEOUT_S = symbolic.DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -290,14 +300,22 @@ def _verify_math(completion: str, answer: str) -> VerifyResult:
     ref_num = _as_number(ref_norm)
     if ref_num is not None:
         pred_num = _as_number(pred_norm)
-        if pred_num is None:
-            # "42 apples", "x=42", "10 cm": a non-numeric answer holding exactly one number
-            nums = _NUMBER_RE.findall(pred.replace("\u2212", "-"))
-            if len(nums) == 1:
-                pred_num = _as_number(normalize_math_answer(nums[0]))
         if pred_num is not None:
             return _OK if pred_num == ref_num else _WRONG
-    return _OK if pred_norm == ref_norm else _WRONG
+        if _only_number(pred) == ref_num:
+            return _OK
+    if pred_norm == ref_norm:
+        return _OK
+    verdict = symbolic.compare(pred_norm, ref_norm, timeout_s=SYMBOLIC_TIMEOUT_S)
+    if verdict.equal:
+        return _OK
+    return _WRONG if verdict.error is None else _fail(verdict.error)
+
+
+def _only_number(pred: str) -> Fraction | None:
+    """The value of the one number in a non-numeric answer ("42 apples", "x=42", "10 cm")."""
+    nums = _NUMBER_RE.findall(pred.replace("\u2212", "-"))
+    return _as_number(normalize_math_answer(nums[0])) if len(nums) == 1 else None
 
 
 # ---------------------------------------------------------------------------- registry

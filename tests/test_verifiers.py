@@ -218,6 +218,31 @@ def test_math_wrong(completion, answer):
     wrong(verify("math", completion, answer))
 
 
+@pytest.mark.parametrize(
+    "completion, answer",
+    [
+        ("so \\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
+        ("\\boxed{1+x}", "x+1"),
+        ("\\boxed{(x+1)^2}", "x^2+2x+1"),
+        ("\\boxed{\\frac{\\pi}{2}}", "\\pi/2"),
+        ("\\boxed{\\sqrt{144}}", "12"),  # one number, 144, but the answer is 12
+    ],
+)
+def test_math_symbolically_equal(completion, answer):
+    ok(verify("math", completion, answer))
+
+
+def test_math_symbolically_different():
+    wrong(verify("math", "\\boxed{2\\sqrt{2}}", "\\sqrt{12}"))
+    wrong(verify("math", "\\boxed{(x+1)^2}", "x^2+1"))
+
+
+def test_math_symbolic_timeout_is_reported(monkeypatch):
+    monkeypatch.setattr("insight.verifiers.SYMBOLIC_TIMEOUT_S", 0.01)
+    result = verify("math", "\\boxed{(w+x+y+z)^{30}(w-x+y-z)^{30}}", "((w+y)^2-(x+z)^2)^{30}")
+    failed(result, "symbolic check timed out")
+
+
 def test_math_no_answer():
     failed(verify("math", "I do not know.", "42"), "no final answer")
     failed(verify("math", "", "42"), "no final answer")
@@ -235,7 +260,10 @@ def test_extract_and_normalize():
 # ---------------------------------------------------------------------------- hostile
 
 
-@pytest.mark.parametrize("verifier, answer", [("arithmetic", "432"), ("countdown", "3,5,7:22"), ("math", "42")])
+@pytest.mark.parametrize(
+    "verifier, answer",
+    [("arithmetic", "432"), ("countdown", "3,5,7:22"), ("math", "42"), ("math", "\\sqrt{12}")],
+)
 def test_hostile_completions_never_raise_and_never_succeed(verifier, answer):
     start = time.perf_counter()
     for completion in HOSTILE:
