@@ -51,7 +51,10 @@ class Target:
 
     @property
     def label(self) -> str:
-        return f"+{self.value:.2f}" if self.relative else f"{self.value:.2f}"
+        # two decimals at least, more only when needed: +0.10, +0.075 (never rounded away)
+        digits = f"{self.value:.4f}".rstrip("0")
+        digits += "0" * max(0, 2 - len(digits.split(".")[1]))
+        return f"+{digits}" if self.relative else digits
 
     def level(self, reference: float) -> float:
         return reference + self.value if self.relative else self.value
@@ -223,6 +226,35 @@ def _median(values: Iterable[float | None]) -> float | None:
     return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
 
 
+def spend_curves(run: dict) -> tuple[list[float], list[float], list[float]]:
+    """(rollouts, rounds, informative groups), cumulative after each round from 0.
+
+    An informative group is a generated group with 0 < s < k: the only kind that moves a
+    GRPO update. Selection can save rollouts only by changing how many of these each
+    rollout buys, so comparing selectors in these units tells "fewer informative groups
+    were needed" apart from "each rollout bought more of them"."""
+    k = run.get("k")
+    xs, steps, useful = [0.0], [0.0], [0.0]
+    for r in sorted(run.get("rounds", []), key=lambda r: r["round"]):
+        if r["round"] < 1:
+            continue
+        share = r.get("zero_adv_share")
+        groups = float(r["rollouts"]) / k if k else None
+        xs.append(xs[-1] + float(r["rollouts"]))
+        steps.append(float(r["round"]))
+        useful.append(useful[-1] + groups * (1.0 - share)
+                      if groups is not None and share is not None and useful[-1] is not None
+                      else None)
+    return xs, steps, useful
+
+
+def _spent_at(curve: tuple[list[float], list[float]], x: float | None) -> float | None:
+    xs, ys = curve
+    if x is None or len(xs) < 2 or any(y is None for y in ys):
+        return None
+    return value_at(xs, ys, x)
+
+
 def analyze_run(run: dict, levels: dict[str, float], budget: float | None) -> dict:
     """Every figure of one run. `run` is a run record (see `analyze`); `levels` maps a
     target label to its absolute accuracy level."""
@@ -253,6 +285,11 @@ def analyze_run(run: dict, levels: dict[str, float], budget: float | None) -> di
         "wall_seconds": run.get("wall_seconds"),
         "curve": [[x, y] for x, y in zip(xs, ys)],
     }
+    spent, steps, useful = spend_curves(run)
+    out["rounds_to_target"] = {lab: _spent_at((spent, steps), x)
+                               for lab, x in out["rollouts_to_target"].items()}
+    out["informative_groups_to_target"] = {lab: _spent_at((spent, useful), x)
+                                           for lab, x in out["rollouts_to_target"].items()}
     return out
 
 
@@ -320,6 +357,11 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
             "rollouts_to_target_first_eval": {
                 lab: value_stats([r["rollouts_to_target_first_eval"][lab] for r in rs],
                                  censor_at=consumed)
+                for lab in levels},
+            "rounds_to_target": {lab: value_stats([r["rounds_to_target"][lab] for r in rs])
+                                 for lab in levels},
+            "informative_groups_to_target": {
+                lab: value_stats([r["informative_groups_to_target"][lab] for r in rs])
                 for lab in levels},
             "initial_accuracy": value_stats([r["initial_accuracy"] for r in rs]),
             "final_accuracy": value_stats([r["final_accuracy"] for r in rs]),
@@ -391,6 +433,27 @@ def _mean_by_round(runs: Sequence[dict], key: str) -> dict:
 # ------------------------------------------------------------------------------------
 # rendering
 # ------------------------------------------------------------------------------------
+def _spend_table(sels: dict, labels: list[str]) -> list[str]:
+    """Per target, optimizer steps and informative groups spent to reach it (mean over
+    the seeds that reached it, with their count)."""
+    def cell(st: dict) -> str:
+        if not st["n_reached"]:
+            return "—"
+        return f"{_fmt(st['mean_reached'], ',.0f')} ({st['n_reached']}/{st['n']})"
+
+    head = ["selector"] + [f"{what} to {lab}" for lab in labels
+                           for what in ("rounds", "informative groups")]
+    lines = ["", "What reaching a target cost, in optimizer steps (rounds) and informative "
+                 "groups (0 < s < k; the only ones a GRPO update learns from): mean over the "
+                 "seeds that reached it (how many).", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for sel, e in sels.items():
+        cells = [cell(e[key][lab]) for lab in labels
+                 for key in ("rounds_to_target", "informative_groups_to_target")]
+        lines.append(f"| `{sel}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _difficulty_table(sels: dict) -> list[str]:
     """Share of generated groups per prompt difficulty level (all-fail share in it)."""
     levels = sorted({x["difficulty"] for e in sels.values()
@@ -470,6 +533,7 @@ def to_markdown(res: dict, title: str = "Selector comparison") -> str:
                 f"{_fmt(e['all_success_share']['mean'], '.2f')}",
                 _cell(e["seconds_select_per_round"], ".1f", scale=1000.0) + " ms"]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _spend_table(sels, [main, *other])
     lines += _difficulty_table(sels)
     lines.append("")
     lines.append("Per seed, rollouts to the main target (— = not reached within the run):")

@@ -20,6 +20,8 @@ def test_targets_parse_relative_and_absolute_levels():
     rel, ab = ba.parse_target("+0.10"), ba.parse_target("0.6")
     assert rel == ba.Target(0.10, True) and rel.label == "+0.10"
     assert ab == ba.Target(0.6, False) and ab.label == "0.60"
+    assert ba.parse_target("+0.075").label == "+0.075"  # not rounded to +0.07
+    assert ba.parse_target("0.5").label == "0.50" and ba.parse_target("+0.1").label == "+0.10"
     assert rel.level(0.41) == pytest.approx(0.51)
     assert ab.level(0.41) == 0.6
     assert ba.parse_targets("+0.05, +0.10,0.6,+0.10") == [
@@ -195,8 +197,10 @@ def test_a_setup_mismatch_between_selectors_of_one_seed_is_flagged():
 def test_markdown_and_plot(tmp_path):
     res = ba.analyze(RUNS, targets=["+0.04", "+0.10", "0.55"], main_target="+0.10")
     md = ba.to_markdown(res)
-    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    main_table, spend_table = md.split("What reaching a target cost", 1)
+    rows = [line for line in main_table.splitlines() if line.startswith("| `")]
     assert len(rows) == 2
+    assert "rounds to +0.10 | informative groups to +0.10" in spend_table
     uni = next(r for r in rows if "`uniform`" in r)
     assert "1/2 reached, mean ≥ 123" in uni and "not reached (0/2)" in uni
     ins = next(r for r in rows if "`insight`" in r)
@@ -230,3 +234,21 @@ def test_groups_by_difficulty_averages_shares_over_runs():
     assert got[1] == {"difficulty": 3, "runs": 1, "share": 0.25, "all_fail": 1.0,
                       "all_success": 0.0, "success_rate": 0.0}
     assert ba.groups_by_difficulty([{}]) == []
+
+
+# --- what reaching a target cost ------------------------------------------------------
+def test_rounds_and_informative_groups_to_a_target_are_read_off_the_spend_curves():
+    # k = 8, 2 rounds of 80 rollouts (10 groups each): 10% then 50% zero-advantage groups
+    run = {"selector": "x", "seed": 0, "k": 8,
+           "evals": [{"round": 0, "rollouts": 0, "accuracy": 0.40},
+                     {"round": 2, "rollouts": 160, "accuracy": 0.60}],
+           "rounds": [{"round": 1, "rollouts": 80, "zero_adv_share": 0.1},
+                      {"round": 2, "rollouts": 80, "zero_adv_share": 0.5}]}
+    assert ba.spend_curves(run) == ([0.0, 80.0, 160.0], [0.0, 1.0, 2.0], [0.0, 9.0, 14.0])
+    out = ba.analyze_run(run, {"+0.15": 0.55}, budget=None)
+    assert out["rollouts_to_target"]["+0.15"] == pytest.approx(120.0)
+    assert out["rounds_to_target"]["+0.15"] == pytest.approx(1.5)
+    assert out["informative_groups_to_target"]["+0.15"] == pytest.approx(11.5)
+    missed = ba.analyze_run(run, {"+0.30": 0.70}, budget=None)
+    assert missed["rounds_to_target"]["+0.30"] is None
+    assert missed["informative_groups_to_target"]["+0.30"] is None
