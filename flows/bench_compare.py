@@ -23,6 +23,8 @@ held-out evaluation every 3 rounds, 2 workers, dynamic sampling's refills adding
 Measured on the shared 2-core machine: the 60-round comparison of docs/benchmarks.md
 (15 runs, eval every 5) took 34 min; 2 workers give ~1.6x the throughput of one process
 once started (startup ~45 s: Prefect server, torch import in each worker).
+``configs/bench-mixed.yaml`` is a second setting whose pool holds prompts the policy
+never solves (docs/benchmarks.md section 1b; 80 rounds took 40 min).
 """
 
 from __future__ import annotations
