@@ -380,11 +380,10 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
         entry["rollouts_to_target"] = main_stats["mean"]
         entry["rollouts_to_target_per_seed"] = main_stats["per_seed"]
         entry["rollouts_to_target_reached"] = main_stats["n_reached"]
-        entry["curve"] = mean_curve([run_curve(r) for r in runs if r["selector"] == sel])
-        entry["zero_adv_by_round"] = _mean_by_round(
-            [r for r in runs if r["selector"] == sel], "zero_adv_share")
-        entry["groups_by_difficulty"] = groups_by_difficulty(
-            [r for r in runs if r["selector"] == sel])
+        sel_runs = [r for r in runs if r["selector"] == sel]
+        entry["curve"] = mean_curve([run_curve(r) for r in sel_runs])
+        entry["zero_adv_by_round"] = _mean_by_round(sel_runs, "zero_adv_share")
+        entry["groups_by_difficulty"] = groups_by_difficulty(sel_runs)
         results[sel] = entry
 
     base = results.get(baseline) if baseline else None
