@@ -111,7 +111,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from insight.audit import run_audit
+    from flows.cli_audit import run_audit
     return run_audit(args)
 
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
 
     au = sub.add_parser("audit", help="why were prompts (not) selected: a round or a prompt")
-    from insight.audit import add_audit_arguments
+    from flows.cli_audit import add_audit_arguments
     add_audit_arguments(au)
     au.set_defaults(func=cmd_audit)
 
