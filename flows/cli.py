@@ -116,7 +116,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from insight.score_io import run_score
+    from flows.cli_score import run_score
     return run_score(args) or 0
 
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="score posteriors from a Parquet/CSV file")
     try:
-        from insight.score_io import add_score_arguments
+        from flows.cli_score import add_score_arguments
         add_score_arguments(sc)
     except ImportError:  # pragma: no cover - the selection core is always installed
         pass
