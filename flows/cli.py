@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_arguments(cmp_)
     cmp_.set_defaults(func=run_compare)
 
-    from insight.simulate import add_simulate_arguments, run_simulate
+    from flows.cli_simulate import add_simulate_arguments, run_simulate
     sim = bench.add_parser("simulate", help="SIMULATION: toy learning dynamics for selector "
                                             "sweeps (not a measurement)")
     add_simulate_arguments(sim)
