@@ -111,12 +111,12 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from insight.audit import run_audit
+    from flows.cli_audit import run_audit
     return run_audit(args)
 
 
 def cmd_score(args) -> int:
-    from insight.score_io import run_score
+    from flows.cli_score import run_score
     return run_score(args) or 0
 
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
 
     au = sub.add_parser("audit", help="why were prompts (not) selected: a round or a prompt")
-    from insight.audit import add_audit_arguments
+    from flows.cli_audit import add_audit_arguments
     add_audit_arguments(au)
     au.set_defaults(func=cmd_audit)
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="score posteriors from a Parquet/CSV file")
     try:
-        from insight.score_io import add_score_arguments
+        from flows.cli_score import add_score_arguments
         add_score_arguments(sc)
     except ImportError:  # pragma: no cover - the selection core is always installed
         pass
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_arguments(cmp_)
     cmp_.set_defaults(func=run_compare)
 
-    from insight.simulate import add_simulate_arguments, run_simulate
+    from flows.cli_simulate import add_simulate_arguments, run_simulate
     sim = bench.add_parser("simulate", help="SIMULATION: toy learning dynamics for selector "
                                             "sweeps (not a measurement)")
     add_simulate_arguments(sim)

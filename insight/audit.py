@@ -14,26 +14,25 @@ Conventions used throughout:
 - The selection of round r scores the posterior after round r-1; `sel_mean` is the
   posterior mean the selector saw, `post_mean` the mean after round r's update.
 
-Public API: `published_rounds`, `round_candidates`, `prompt_history`, `never_selected`,
-`format_table`, `to_json`, and the CLI glue `add_audit_arguments` / `run_audit`.
+Public API: `published_rounds`, `round_candidates`, `prompt_history`, `never_selected`;
+`RunView` / `with_view` / `Need` for other readers of the same files (`insight.plots`).
+The words (explanations, tables, JSON, what `insight audit` prints) are in
+`insight.audit_text`; the command's arguments in `flows.cli_audit`.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
-import math
 import re
-import sys
 from dataclasses import dataclass
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 import duckdb
 import pyarrow as pa
 
+from insight.audit_text import (explain_history, format_ranges, reason_not_selected,
+                                why_not_selected)
 from insight.store import PARQUET_DIR, ROUND_TABLES, SCHEMA
 
 T = TypeVar("T")
@@ -74,7 +73,7 @@ class Need:
     where: str = ""
 
 
-class _RunView:
+class RunView:
     """An in-memory DuckDB connection over the run's published Parquet.
 
     `runs` and `prompts` are views over their single files. Each per-round table named in
@@ -171,14 +170,14 @@ def _schema_columns(table: str) -> dict[str, str]:
     return out
 
 
-def _with_view(run_dir, need: dict[str, Need] | None,
-               fn: Callable[[_RunView], T]) -> T:
+def with_view(run_dir, need: dict[str, Need] | None,
+              fn: Callable[[RunView], T]) -> T:
     """Run `fn` on a fresh view; retry if a round folder vanished under us (a round being
     re-published by `ensure_published` replaces its folder)."""
     for attempt in range(3):
         view = None
         try:
-            view = _RunView(run_dir, need)
+            view = RunView(run_dir, need)
             return fn(view)
         except (duckdb.IOException, duckdb.InvalidInputException) as err:
             if attempt == 2 or "No such file" not in str(err) and "not found" not in str(err):
@@ -189,31 +188,16 @@ def _with_view(run_dir, need: dict[str, Need] | None,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _ranges(values: list[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0..2, 5, 7..8'."""
-    if not values:
-        return "none"
-    parts, start, prev = [], values[0], values[0]
-    for v in values[1:] + [None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}..{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(parts)
-
-
 def _check_round(run_dir, round_: int, rounds: list[int]) -> None:
     selection_rounds = [r for r in rounds if r > 0]
     if round_ not in rounds:
         raise ValueError(
             f"round {round_} is not a committed, published round of {run_dir}; "
-            f"published rounds: {_ranges(rounds)}")
+            f"published rounds: {format_ranges(rounds)}")
     if round_ == 0:
         raise ValueError(
             f"round 0 of {run_dir} holds the prior and the initial evaluation; it scored no "
-            f"candidates. Rounds with selections: {_ranges(selection_rounds)}")
+            f"candidates. Rounds with selections: {format_ranges(selection_rounds)}")
 
 
 # For each row of `mine` (a prompt's scoring in one round and generation batch): how many candidates, how many selected,
@@ -239,7 +223,7 @@ def round_candidates(run_dir: str | Path, round_: int) -> pa.Table:
     its score and the factors behind it, and its outcome (successes of k) if rolled out."""
     round_ = int(round_)
 
-    def query(v: _RunView) -> pa.Table:
+    def query(v: RunView) -> pa.Table:
         _check_round(run_dir, round_, v.rounds)
         return v.sql(f"""
             WITH sel AS (
@@ -261,7 +245,7 @@ def round_candidates(run_dir: str | Path, round_: int) -> pa.Table:
             LEFT JOIN (SELECT DISTINCT ON (prompt_id) * FROM prompts) p USING (prompt_id)
             ORDER BY s.gen_batch, s.position""", {"r": round_})
 
-    return _with_view(run_dir, {"selections": Need((round_,)), "rollouts": Need((round_,))},
+    return with_view(run_dir, {"selections": Need((round_,)), "rollouts": Need((round_,))},
                       query)
 
 
@@ -273,7 +257,7 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
     prompt_id = str(prompt_id)
     only = Need(where=f"prompt_id = {_sql_str(prompt_id)}")
 
-    def query(v: _RunView) -> dict[str, Any]:
+    def query(v: RunView) -> dict[str, Any]:
         info = v.sql("SELECT * FROM prompts WHERE prompt_id = $p LIMIT 1",
                      {"p": prompt_id}).to_pylist()
         in_posterior = v.scalar("SELECT count(*) FROM posteriors WHERE prompt_id = $p",
@@ -326,15 +310,15 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             "times_scored": sum(1 for r in rows if r["scored"]),
             "times_selected": len(selected_rounds),
             "selected_rounds": selected_rounds,
-            "explanation": _explain_history(rows, split, in_posterior > 0),
+            "explanation": explain_history(rows, split, in_posterior > 0),
             "rounds": table,
         }
 
-    return _with_view(run_dir, {"selections": only, "rollouts": only, "posteriors": only},
+    return with_view(run_dir, {"selections": only, "rollouts": only, "posteriors": only},
                       query)
 
 
-def _unknown_prompt_message(v: _RunView, run_dir, prompt_id: str) -> str:
+def _unknown_prompt_message(v: RunView, run_dir, prompt_id: str) -> str:
     last = v.rounds[-1:] if v.rounds else []
     ids = v.sql(f"SELECT DISTINCT prompt_id FROM {v.scan('posteriors', last)} UNION "
                 "SELECT prompt_id FROM prompts").column("prompt_id").to_pylist()
@@ -347,114 +331,13 @@ def _unknown_prompt_message(v: _RunView, run_dir, prompt_id: str) -> str:
             f"from {ids[0]!r} to {ids[-1]!r}{hint}")
 
 
-def _f(x: float | None, digits: int = 3) -> str:
-    """A number for a sentence: `digits` significant digits, scientific when tiny/huge."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if x == 0:
-        return "0"
-    if abs(x) < 1e-3 or abs(x) >= 1e5:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
-# Selectors whose score is a random key (draw order), not a judgement of the prompt.
-_RANDOM_KEY_SELECTORS = ("uniform", "dynamic-sampling")
-
-
-def _reason(row: dict) -> str:
-    """A short label for why a scored candidate was not selected."""
-    if row.get("selector") in _RANDOM_KEY_SELECTORS:
-        return "not drawn"
-    score, cut = row.get("score"), row.get("cut_score")
-    if score is not None and cut is not None and score >= cut:
-        return "not drawn"
-    w, cw, mi, cmi = row.get("weight"), row.get("cut_weight"), row.get("mi"), row.get("cut_mi")
-    if None in (w, cw, mi, cmi) or cw <= 0 or cmi <= 0:
-        return "below cut"
-    if w / cw <= mi / cmi:
-        mean = row.get("sel_mean")
-        return "too easy" if mean is not None and mean > 0.5 else "too hard"
-    return "well measured"
-
-
-def _why_not(row: dict) -> str:
-    """Why a scored candidate was not selected, in words, with the numbers."""
-    reason = _reason(row)
-    r, pos, n = row["round"], row.get("position"), row.get("candidates")
-    place = f"rank {pos} of {n}, cut at {row.get('n_selected')}"
-    score, cut = row.get("score"), row.get("cut_score")
-    if cut is None:
-        return f"round {r} selected no candidate of its batch ({place})"
-    if row.get("selector") in _RANDOM_KEY_SELECTORS:
-        return (f"not drawn by the {row['selector']} selector in round {r} (its score is a "
-                f"random key; {place})")
-    if reason == "not drawn":
-        return (f"its score {_f(score)} is not below the lowest selected score {_f(cut)} of "
-                f"round {r}, but it was not drawn ({place}; a sampling selector or a tie)")
-    parts = []
-    if row.get("sel_mean") is not None:
-        weight = row.get("weight")
-        parts.append(f"its posterior mean {_f(row['sel_mean'], 2)}"
-                     + (f" gives weight {_f(weight, 2)}" if weight is not None else ""))
-    if row.get("weight") is not None and row.get("mi") is not None \
-            and row.get("sel_alpha") is not None:
-        n_ev = row["sel_alpha"] + row["sel_beta"]
-        parts.append(f"Beta({_f(row['sel_alpha'])}, {_f(row['sel_beta'])}) (n={_f(n_ev)}) "
-                     f"leaves MI {_f(row['mi'])}")
-    lead = ", ".join(parts) + ", " if parts else ""
-    label = {"too easy": "too easy: ", "too hard": "too hard: ",
-             "well measured": "well measured: "}.get(reason, "")
-    return (f"{label}{lead}score {_f(score)} below the cut {_f(cut)} of round {r} "
-            f"({place})")
-
-
-def _times(n: int) -> str:
-    return "once" if n == 1 else f"{n} times"
-
-
-def _explain_history(rows: list[dict], split: str | None, trainable: bool) -> str:
-    last_round = rows[-1]["round"] if rows else 0
-    if not trainable:
-        kind = f"a {split!r} prompt" if split else "not a training prompt"
-        return f"{kind}: never a selection candidate (it has no posterior)"
-    scored = [r for r in rows if r["scored"]]
-    if not scored:
-        return (f"never scored: it was in no candidate pool of rounds 1..{last_round}"
-                if last_round else "no selection round published yet")
-    last = scored[-1]
-    selected = [r for r in rows if r["selected"]]
-    tail = ""
-    if last["round"] < last_round:
-        tail = f"; not a candidate since (rounds {last['round'] + 1}..{last_round})"
-    post = rows[-1]
-    post_s = f"posterior mean now {_f(post['post_mean'], 2)}" \
-        if post.get("post_mean") is not None else ""
-    if not selected:
-        return f"never selected (scored {_times(len(scored))}): {_why_not(last)}{tail}"
-    if last["selected"]:
-        outcome = (f", outcome {last['successes']}/{last['trials']}"
-                   if last.get("trials") else "")
-        how = (f"posterior mean {_f(last['sel_mean'], 2)} gave weight {_f(last['weight'], 2)} "
-               f"and MI {_f(last['mi'])}, " if last.get("weight") is not None
-               and last.get("mi") is not None else "")
-        return (f"selected in round {last['round']} ({how}score {_f(last['score'])}, "
-                f"rank {last['position']} of {last['candidates']}, cut at "
-                f"{last['n_selected']}){outcome}; selected {_times(len(selected))} in all"
-                f"{'; ' + post_s if post_s else ''}{tail}")
-    prev = selected[-1]
-    prev_s = (f" ({prev['successes']}/{prev['trials']})" if prev.get("trials") else "")
-    return (f"last selected in round {prev['round']}{prev_s}, {_times(len(selected))} in all; "
-            f"not selected in round {last['round']}: {_why_not(last)}{tail}")
-
-
 # --- never selected ------------------------------------------------------------------
 def never_selected(run_dir: str | Path) -> pa.Table:
     """Training prompts never selected in any published round, with their last scoring
     (round, score, rank, posterior mean) and why they missed the cut. Closest to the cut
     first; prompts never scored at all last."""
 
-    def query(v: _RunView) -> pa.Table:
+    def query(v: RunView) -> pa.Table:
         last_round = max(v.rounds) if v.rounds else 0
         t = v.sql(f"""
             WITH train AS (
@@ -515,8 +398,8 @@ def never_selected(run_dir: str | Path) -> pa.Table:
                 explanations.append(
                     f"never scored: it was in no candidate pool of rounds 1..{last_round}")
             else:
-                reasons.append(_reason(row))
-                explanations.append(_why_not(row))
+                reasons.append(reason_not_selected(row))
+                explanations.append(why_not_selected(row))
         t = t.drop_columns(["cut_weight", "cut_mi", "sel_alpha", "sel_beta"])
         t = t.rename_columns(["last_round" if c == "round" else
                               "last_score" if c == "score" else
@@ -530,182 +413,4 @@ def never_selected(run_dir: str | Path) -> pa.Table:
 
     # posteriors: the latest snapshot only (every training prompt, after the last round)
     last = published_rounds(run_dir)[-1:]
-    return _with_view(run_dir, {"selections": Need(), "posteriors": Need(tuple(last))}, query)
-
-
-# --- formatting ------------------------------------------------------------------------
-def _cell(value: Any, width: int = 48) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value == 0:
-            return "0"
-        if abs(value) < 1e-3 or abs(value) >= 1e6:
-            return f"{value:.3e}"
-        return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
-    text = str(value).replace("\r", "").replace("\n", "\\n").replace("\t", " ")
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def format_table(table: pa.Table | list[dict], max_rows: int | None = None,
-                 max_width: int = 48) -> str:
-    """Fixed-width text: a header, a rule, one line per row (numbers right-aligned,
-    text left-aligned, long text cut at `max_width`), and a note of rows left out."""
-    if isinstance(table, pa.Table):
-        names, rows = table.column_names, table.to_pylist()
-    else:
-        rows = list(table)
-        names = list(rows[0]) if rows else []
-    if not names:
-        return "(no columns)"
-    shown = rows if max_rows is None or max_rows <= 0 else rows[:max_rows]
-    cells = [[_cell(r.get(c), max_width) for c in names] for r in shown]
-    numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
-                   for r in shown if r.get(c) is not None) for c in names]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(names)]
-
-    def line(values):
-        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return "  ".join(out).rstrip()
-
-    lines = [line(names), "  ".join("-" * w for w in widths)]
-    lines += [line(row) for row in cells]
-    if not rows:
-        lines.append("(no rows)")
-    elif len(shown) < len(rows):
-        lines.append(f"... {len(rows) - len(shown)} more rows (of {len(rows)}; "
-                     "--limit 0 shows all)")
-    return "\n".join(lines)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, pa.Table):
-        return [_jsonable(r) for r in obj.to_pylist()]
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (datetime, date)):
-        return obj.isoformat()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def to_json(obj: Any, indent: int | None = 2) -> str:
-    """JSON text of an audit result (tables become lists of row objects; NaN -> null)."""
-    return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
-
-
-# --- command line ----------------------------------------------------------------------
-DEFAULT_TABLE_ROWS = 40
-
-
-def add_audit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `insight audit`."""
-    parser.add_argument("--run-dir", required=True, type=Path,
-                        help="run directory (reads its published Parquet only; safe while "
-                             "the run is training)")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--round", type=int, metavar="R",
-                      help="every candidate scored in round R, in rank order")
-    what.add_argument("--prompt", metavar="ID",
-                      help="one prompt's selection history and posterior path")
-    what.add_argument("--never-selected", action="store_true",
-                      help="training prompts never selected, and why")
-    parser.add_argument("--format", choices=("table", "json"), default="table",
-                        help="fixed-width table (default) or JSON")
-    parser.add_argument("--limit", type=int, metavar="N", default=None,
-                        help=f"rows to show (table default {DEFAULT_TABLE_ROWS}, JSON default "
-                             "all; 0 = all). For --prompt: the most recent N rounds")
-    return parser
-
-
-def _limit(args, table: pa.Table, *, tail: bool = False) -> pa.Table:
-    n = args.limit
-    if n is None:
-        n = DEFAULT_TABLE_ROWS if args.format == "table" else 0
-    if n <= 0 or table.num_rows <= n:
-        return table
-    return table.slice(table.num_rows - n) if tail else table.slice(0, n)
-
-
-def run_audit(args: argparse.Namespace, out=None, err=None) -> int:
-    """Run `insight audit`; returns the exit status (0 ok, 2 bad run dir/round/prompt)."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        text = _audit_text(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"insight audit: error: {exc}", file=err)
-        return 2
-    print(text, file=out)
-    return 0
-
-
-def _audit_text(args) -> str:
-    run_dir = args.run_dir
-    as_json = args.format == "json"
-    if args.round is not None:
-        t = round_candidates(run_dir, args.round)
-        shown = _limit(args, t)
-        n_sel = sum(1 for s in t.column("selected").to_pylist() if s)
-        selector = next((s for s in t.column("selector").to_pylist() if s), None)
-        if as_json:
-            return to_json({"run_dir": run_dir, "round": args.round, "selector": selector,
-                            "candidates": t.num_rows, "selected": n_sel,
-                            "rows": shown})
-        batches = len(set(t.column("gen_batch").to_pylist()))
-        head = (f"round {args.round} of {run_dir}: {t.num_rows} candidates scored, "
-                f"{n_sel} selected (selector {selector})"
-                + (f", in {batches} generation batches" if batches > 1 else ""))
-        body = format_table(shown.drop_columns(["candidates", "selector"]))
-        return f"{head}\n{body}" + _more(t, shown)
-    if args.prompt is not None:
-        h = prompt_history(run_dir, args.prompt)
-        rounds = h["rounds"]
-        shown = _limit(args, rounds, tail=True)
-        if as_json:
-            return to_json({**h, "rounds": shown})
-        head = [f"prompt {h['prompt_id']} of {run_dir}"
-                + (f" (split {h['split']}, difficulty {h['difficulty']})"
-                   if h.get("split") else ""),
-                f"  prompt : {_cell(h['prompt'], 200)}",
-                f"  answer : {_cell(h['answer'], 200)}",
-                f"  scored {_times(h['times_scored'])}, selected {_times(h['times_selected'])}"
-                + (f" (rounds {_ranges(h['selected_rounds'])})" if h["selected_rounds"]
-                   else ""),
-                f"  why    : {h['explanation']}"]
-        cols = ["round", "scored", "selected", "score", "position", "candidates", "cut_score",
-                "weight", "mi", "sel_mean", "successes", "trials", "post_alpha", "post_beta",
-                "post_mean"]
-        body = format_table(shown.select(cols))
-        note = (f"\n(showing the last {shown.num_rows} of {rounds.num_rows} rounds; "
-                "--limit 0 shows all)" if shown.num_rows < rounds.num_rows else "")
-        return "\n".join(head) + "\n" + body + note
-    t = never_selected(run_dir)
-    shown = _limit(args, t)
-    if as_json:
-        return to_json({"run_dir": run_dir, "never_selected": t.num_rows, "rows": shown})
-    counts: dict[str, int] = {}
-    for reason in t.column("reason").to_pylist():
-        counts[reason] = counts.get(reason, 0) + 1
-    head = (f"{t.num_rows} training prompts of {run_dir} never selected"
-            + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")"
-               if counts else ""))
-    cols = ["prompt_id", "difficulty", "times_scored", "last_round", "last_score",
-            "last_position", "candidates", "cut_score", "sel_mean", "post_mean", "reason",
-            "prompt"]
-    return f"{head}\n{format_table(shown.select(cols))}" + _more(t, shown)
-
-
-def _more(full: pa.Table, shown: pa.Table) -> str:
-    if shown.num_rows < full.num_rows:
-        return f"\n... {full.num_rows - shown.num_rows} more rows (--limit 0 shows all)"
-    return ""
+    return with_view(run_dir, {"selections": Need(), "posteriors": Need(tuple(last))}, query)

@@ -28,8 +28,6 @@ rollouts observed, and for a third of the prompts the evidence decayed by a fact
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 import time
@@ -144,17 +142,3 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
     }
     return result
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="insight bench overhead", description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    print(json.dumps(run_overhead_benchmark(args.n, args.k, args.repeats, args.seed)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

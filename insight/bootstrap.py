@@ -1,6 +1,6 @@
 """Supervised warm start of the tiny policy on generated arithmetic.
 
-    python -m insight.bootstrap --out checkpoints/tiny-arith --seed 0 [--steps N]
+    python -m flows.cli_bootstrap --out checkpoints/tiny-arith --seed 0 [--steps N]
 
 Trains a freshly built tiny policy (insight.model.build_tiny_policy) with teacher
 forcing on `prompt -> answer<eos>` pairs from insight.datasets.generate_arithmetic.
@@ -21,7 +21,6 @@ generates with its own seed (short problems, e.g. 1-digit ones, necessarily recu
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -183,34 +182,3 @@ def bootstrap(cfg: BootstrapConfig, *, out: str | Path | None = None, device: st
         log(f"saved to {out}")
     return model, tok, info
 
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="checkpoint directory to write")
-    ap.add_argument("--seed", type=int, default=0)
-    d = BootstrapConfig()
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    ap.add_argument("--min-digits", type=int, default=d.min_digits)
-    ap.add_argument("--max-digits", type=int, default=d.max_digits)
-    ap.add_argument("--ops", default="".join(d.ops), help='e.g. "+-"')
-    ap.add_argument("--eval-problems", type=int, default=d.eval_problems)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    cfg = BootstrapConfig(
-        seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-        label_smoothing=a.label_smoothing,
-        min_digits=a.min_digits, max_digits=a.max_digits, ops=tuple(a.ops),
-        eval_problems=a.eval_problems,
-    )
-    bootstrap(cfg, out=a.out, device=a.device)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

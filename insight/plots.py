@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from insight.audit import Need, _RunView, _with_view, published_rounds, round_candidates
+from insight.audit import Need, RunView, published_rounds, round_candidates, with_view
 
 DPI = 100
 MAX_LEVELS = 8            # difficulty levels drawn as separate bands
@@ -62,7 +62,7 @@ def _empty(out_png, title: str, message: str) -> Path:
     return _save(fig, out_png)
 
 
-def _difficulties(v: _RunView) -> dict[str, int]:
+def _difficulties(v: RunView) -> dict[str, int]:
     t = v.sql("SELECT prompt_id, any_value(difficulty) AS d FROM prompts "
               "WHERE difficulty IS NOT NULL GROUP BY prompt_id")
     return dict(zip(t.column("prompt_id").to_pylist(), t.column("d").to_pylist()))
@@ -75,7 +75,7 @@ def plot_posterior_means(run_dir: str | Path, out_png: str | Path,
     difficulty level (overall 5-95 and 25-75 bands when the prompts carry no difficulty
     or have too many levels), plus a fixed sample of individual trajectories."""
 
-    def draw(v: _RunView) -> Path:
+    def draw(v: RunView) -> Path:
         diff = _difficulties(v)
         levels = sorted({d for d in diff.values()})
         by_level = 0 < len(levels) <= MAX_LEVELS
@@ -141,7 +141,7 @@ def plot_posterior_means(run_dir: str | Path, out_png: str | Path,
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         return _save(fig, out_png)
 
-    return _with_view(run_dir, {"posteriors": Need()}, draw)
+    return with_view(run_dir, {"posteriors": Need()}, draw)
 
 
 # --- score against posterior mean, one round ------------------------------------------
@@ -193,7 +193,7 @@ def plot_selection_heatmap(run_dir: str | Path, out_png: str | Path) -> Path:
     than MAX_HEATMAP_ROWS prompts, consecutive rows are pooled and a cell shows the share
     of its prompts selected."""
 
-    def draw(v: _RunView) -> Path:
+    def draw(v: RunView) -> Path:
         prompts = v.sql("""
             WITH train AS (SELECT DISTINCT prompt_id FROM posteriors),
             first AS (SELECT prompt_id, min(round) AS first_round FROM selections
@@ -275,7 +275,7 @@ def plot_selection_heatmap(run_dir: str | Path, out_png: str | Path) -> Path:
     last = published_rounds(run_dir)[-1:]
     need = {"selections": Need(where="selected"), "rollouts": Need(),
             "posteriors": Need(tuple(last))}
-    return _with_view(run_dir, need, draw)
+    return with_view(run_dir, need, draw)
 
 
 def _level_range(levels: list[float]) -> str:
@@ -293,7 +293,7 @@ def plot_calibration(run_dir: str | Path, out_png: str | Path, bins: int = 10,
     standard errors, the diagonal, and the number of groups per bin. Only rounds from
     `since_round` on (the policy drifts, so recent rounds say more)."""
 
-    def draw(v: _RunView) -> Path:
+    def draw(v: RunView) -> Path:
         t = v.sql("""
             WITH obs AS (
                 SELECT round, prompt_id, gen_batch, sum(success::INT) AS s, count(*) AS k
@@ -341,7 +341,7 @@ def plot_calibration(run_dir: str | Path, out_png: str | Path, bins: int = 10,
 
     since = f"round >= {int(since_round)}"
     need = {"selections": Need(where=f"selected AND {since}"), "rollouts": Need(where=since)}
-    return _with_view(run_dir, need, draw)
+    return with_view(run_dir, need, draw)
 
 
 # --- the per-round set ----------------------------------------------------------------

@@ -75,7 +75,7 @@ def check_policy_path(cfg: RunConfig) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"policy.path does not exist or is not a directory: {path} "
-            "(rebuild the embedded one with `python -m insight.bootstrap --out "
+            "(rebuild the embedded one with `python -m flows.cli_bootstrap --out "
             "checkpoints/tiny-arith`)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"policy.path has no config.json (not a model directory): {path}")

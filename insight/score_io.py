@@ -11,11 +11,11 @@ by a seeded draw), selected (rank <= batch_size when a batch size is given, else
 mi, weight, alpha, beta, mean, difficulty_factor, evidence_factor, sampled_p, k.
 Scores use ``insight.acquisition.score_components`` (higher is better); for uniform and
 dynamic-sampling the score is a seeded uniform key (their candidate order).
+The command's arguments are parsed in `flows.cli_score`; `score_file` is the whole job.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -177,37 +177,3 @@ def score_file(in_path, out_path, selectors: list[str], k: int, *, seed: int = 0
         pq.write_table(out, out_path)
     return out_path
 
-
-def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `insight score`."""
-    parser.add_argument("input", help="Parquet or CSV with prompt_id and alpha, beta "
-                                      "(or successes, trials)")
-    parser.add_argument("output", help="output file (.parquet, or .csv)")
-    parser.add_argument("--selector", "-s", action="append", dest="selectors",
-                        metavar="NAME", help=f"selector(s) to score, repeatable or comma "
-                        f"separated: {', '.join(SELECTORS)} (default: insight)")
-    parser.add_argument("--k", type=int, default=8, help="rollouts per prompt (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random draws and ties")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="mark the top B of each selector as selected")
-    parser.add_argument("--a0", type=float, default=None, help="prior alpha for counts input")
-    parser.add_argument("--b0", type=float, default=None, help="prior beta for counts input")
-    parser.add_argument("--weight", choices=["power", "gaussian"], default=None,
-                        help="difficulty weight of insight selectors (default power)")
-    parser.add_argument("--gamma", type=float, default=None, help="power weight exponent")
-    parser.add_argument("--tau", type=float, default=None, help="target success rate")
-    parser.add_argument("--sigma", type=float, default=None, help="gaussian weight width")
-    return parser
-
-
-def run_score(args: argparse.Namespace) -> int:
-    """Run `insight score` from parsed arguments; prints the output path. Returns 0."""
-    names: list[str] = []
-    for item in args.selectors or ["insight"]:
-        names.extend(s.strip() for s in item.split(",") if s.strip())
-    params = {p: getattr(args, p) for p in ("weight", "gamma", "tau", "sigma")
-              if getattr(args, p, None) is not None}
-    out = score_file(args.input, args.output, names, args.k, seed=args.seed,
-                     a0=args.a0, b0=args.b0, batch_size=args.batch_size, **params)
-    print(out)
-    return 0

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pytest
 from scipy.special import betaln, digamma, gammaln
 
-from insight import audit
+from flows import cli_audit
+from insight import audit, audit_text
 from insight.store import DB_NAME, RunStore, round_dir
 
 RUN_ID = "run-audit"
@@ -399,28 +400,28 @@ def test_never_selected_is_exactly_the_prompts_no_round_picked(run):
 def test_format_table_is_fixed_width_and_notes_what_it_left_out():
     t = pa.table({"name": ["a", "bb", None], "x": [1.5, 0.000012, None],
                   "ok": [True, False, None], "text": ["line\nbreak", "y" * 100, ""]})
-    out = audit.format_table(t, max_rows=2, max_width=20)
+    out = audit_text.format_table(t, max_rows=2, max_width=20)
     lines = out.splitlines()
     assert lines[0].split() == ["name", "x", "ok", "text"]
     assert len(lines) == 5 and "1 more rows" in lines[-1]
     assert "line\\nbreak" in out and "…" in out and "1.200e-05" in out and "yes" in out
     assert lines[2].index("1.5") + 3 == lines[3].index("1.200e-05") + 9  # right-aligned
-    assert audit.format_table(t.slice(0, 0)).endswith("(no rows)")
+    assert audit_text.format_table(t.slice(0, 0)).endswith("(no rows)")
 
 
 def test_json_output_is_valid_and_nan_free(run):
     run_dir, _ = run
     h = audit.prompt_history(run_dir, "p05")
-    data = json.loads(audit.to_json(h))
+    data = json.loads(audit_text.to_json(h))
     assert data["prompt_id"] == "p05" and len(data["rounds"]) == ROUNDS + 1
-    assert json.loads(audit.to_json({"x": float("nan")})) == {"x": None}
+    assert json.loads(audit_text.to_json({"x": float("nan")})) == {"x": None}
 
 
 def _cli(*argv):
-    parser = audit.add_audit_arguments(argparse.ArgumentParser(prog="insight audit"))
+    parser = cli_audit.add_audit_arguments(argparse.ArgumentParser(prog="insight audit"))
     args = parser.parse_args(list(argv))
     out, err = io.StringIO(), io.StringIO()
-    rc = audit.run_audit(args, out=out, err=err)
+    rc = cli_audit.run_audit(args, out=out, err=err)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -608,6 +609,6 @@ def test_docs_never_selected_query_agrees_with_the_audit(run):
 def test_reasons_for_not_being_selected(row, reason, phrase):
     row = {"round": 9, "position": 30, "candidates": 64, "n_selected": 8, "cut_score": 0.2,
            "sel_alpha": 3.0, "sel_beta": 2.0, **row}
-    assert audit._reason(row) == reason
-    text = audit._why_not(row)
+    assert audit_text.reason_not_selected(row) == reason
+    text = audit_text.why_not_selected(row)
     assert phrase in text and "rank 30 of 64, cut at 8" in text

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from insight.bootstrap import BootstrapConfig, bootstrap, main
+from flows.cli_bootstrap import main
+from insight.bootstrap import BootstrapConfig, bootstrap
 from insight.model import load_policy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith"

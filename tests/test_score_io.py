@@ -10,8 +10,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from flows.cli_score import add_score_arguments, run_score
 from insight import acquisition as A
-from insight.score_io import add_score_arguments, run_score, score_file
+from insight.score_io import score_file
 
 
 def write_csv(path, text):

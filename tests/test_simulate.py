@@ -1,15 +1,19 @@
-"""The learning-dynamics SIMULATOR (insight/simulate.py): its model's invariants, its
-bookkeeping of rollouts, determinism, and that every output says SIMULATION."""
+"""The learning-dynamics SIMULATOR (insight/simulate.py, insight/simulate_sweep.py): its
+model's invariants, its bookkeeping of rollouts, determinism, and that every output says
+SIMULATION."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
+from flows import cli_simulate
 from insight import simulate as S
+from insight import simulate_sweep as SW
 
 # Small world: a run is a few dozen rounds, so the whole file stays fast.
 SMALL = S.SimConfig(n_prompts=128, n_heldout=128, batch_size=8, k=4, budget=1_600,
@@ -56,14 +60,14 @@ def test_zero_variance_groups_produce_no_learning():
 
 
 def test_zero_variance_groups_learn_nothing_in_normalized_step_too():
-    world = S.World(S.SimConfig(**{**S.asdict(SMALL), "step": "normalized"}), seed=0)
+    world = S.World(S.SimConfig(**{**asdict(SMALL), "step": "normalized"}), seed=0)
     before = world.heldout_accuracy()
     world.train(np.arange(4), np.array([0, 4, 4, 0]))
     assert world.heldout_accuracy() == before
 
 
 def test_transfer_is_local_in_difficulty():
-    sim = S.SimConfig(**{**S.asdict(SMALL), "transfer_width": 0.5, "lr": 0.0})
+    sim = S.SimConfig(**{**asdict(SMALL), "transfer_width": 0.5, "lr": 0.0})
     world = S.World(sim, seed=1)
     i = int(np.argmin(np.abs(world.x_train)))  # a prompt near p = 0.5
     world.train(np.array([i]), np.array([2]))
@@ -135,22 +139,22 @@ def test_dynamic_sampling_respects_max_num_gen_batches():
 
 
 def test_expand_grid_applies_keys_only_where_they_exist():
-    vs = S.expand_grid(["insight", "uniform"], {"lam": [1.0, 0.9]})
+    vs = SW.expand_grid(["insight", "uniform"], {"lam": [1.0, 0.9]})
     names = [v.name for v in vs]
     assert names.count("uniform") == 1  # posterior keys do not multiply uniform
     assert sum(n.startswith("insight[") for n in names) == 2
     with pytest.raises(ValueError, match="apply to none"):
-        S.expand_grid(["uniform"], {"lam": [0.5]})
+        SW.expand_grid(["uniform"], {"lam": [0.5]})
 
 
 def test_small_sweep_writes_outputs_labelled_simulation(tmp_path):
-    variants = S.expand_grid(["insight", "uniform", "dynamic-sampling"], {"lam": [1.0, 0.8]})
-    result = S.sweep(SMALL, variants, seeds=[0, 1])
+    variants = SW.expand_grid(["insight", "uniform", "dynamic-sampling"], {"lam": [1.0, 0.8]})
+    result = SW.sweep(SMALL, variants, seeds=[0, 1])
     assert result["label"] == "SIMULATION" and "not a measurement" in result["disclaimer"]
     assert len(result["runs"]) == len(variants) * 2
     agg = {row["variant"]: row for row in result["aggregate"]}
     assert agg["uniform"]["targets"][0]["speedup"] == pytest.approx(1.0)
-    paths = S.write_outputs(result, tmp_path)
+    paths = SW.write_outputs(result, tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["label"] == "SIMULATION" and all(r["label"] == "SIMULATION" for r in data["runs"])
     md = paths["md"].read_text()
@@ -160,14 +164,14 @@ def test_small_sweep_writes_outputs_labelled_simulation(tmp_path):
 
 def test_cli_glue_runs_and_labels_its_output(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    S.add_simulate_arguments(parser)
+    cli_simulate.add_simulate_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path), "--selectors", "insight,uniform",
                               "--seeds", "1", "--workers", "1", "--n-prompts", "64",
                               "--n-heldout", "64", "--batch-size", "8", "--k", "4",
                               "--budget", "640", "--gamma", "1,2"])
-    assert S.run_simulate(args) == 0
+    assert cli_simulate.run_simulate(args) == 0
     out = capsys.readouterr().out
     assert "SIMULATION" in out and "insight[gamma=2]" in out
     assert (tmp_path / "simulation.png").exists()
     bad = parser.parse_args(["--out", str(tmp_path), "--grid", "no_such_field=1"])
-    assert S.run_simulate(bad) == 2
+    assert cli_simulate.run_simulate(bad) == 2
