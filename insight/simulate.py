@@ -2,8 +2,8 @@
 
 THIS IS A SIMULATION, NOT A MEASUREMENT. Nothing here trains or evaluates a model. The
 numbers it produces come from a toy model of how a GRPO-trained policy's per-prompt success
-rates move; they show how the selectors (the real ones, from `insight.selectors`, sharing
-the real `insight.posterior`) behave on that toy model, and how their parameters interact,
+rates move; they show how the selectors (the real ones, from `insight.selection`, sharing
+the real posterior) behave on that toy model, and how their parameters interact,
 in seconds instead of GPU-days. Whether a selector helps on a real model and task is
 answered only by training runs (`insight train` and the data-efficiency benchmark).
 
@@ -97,8 +97,6 @@ LABEL = "SIMULATION"
 DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
               "(see insight/simulate.py); no model was trained or evaluated.")
 
-# Selectors that read the shared posterior (posterior parameters are swept only for them).
-POSTERIOR_SELECTORS = ("insight", "insight-sampled", "mi", "difficulty", "mopps")
 POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior")
 DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")
 
@@ -297,16 +295,10 @@ def targets_for(sim: SimConfig, initial_accuracy: float) -> list[float]:
 
 
 # --------------------------------------------------------------------------- one run
-def _selector_adapter():
-    from pydantic import TypeAdapter
-
-    from insight.selectors import SelectorConfig
-    return TypeAdapter(SelectorConfig)
-
-
 def build_selector_config(selector: dict[str, Any]):
     """Validate a selector dict into the pipeline's SelectorConfig (errors name the field)."""
-    return _selector_adapter().validate_python(dict(selector))
+    from insight.selection.registry import parse_selector_config
+    return parse_selector_config(dict(selector))
 
 
 @contextmanager
@@ -317,18 +309,14 @@ def mi_backend(name: str = "numpy"):
     runs hundreds of selections per run, where the compiled kernel's one-off JIT (~20 s per
     process on this machine) and its parallel-launch latency on a loaded 2-core machine
     (tens of ms per call) cost more than numpy's ~2-5 ms. Both backends compute the same
-    I_k (tested equal to ~1e-11 in the core). The switch is acquisition's
-    INSIGHT_DISABLE_NUMBA flag, set for the duration of the block and then restored.
+    I_k (tested equal to ~1e-11 in the core). The switch is the MI module's
+    ``numba_disabled``, set for the duration of the block and then restored.
     """
-    from insight import acquisition
+    from insight.selection.mi import numba_disabled
     if name not in ("numpy", "numba", "auto"):
         raise ValueError(f"mi backend must be numpy, numba or auto, got {name!r}")
-    old = acquisition._NUMBA_DISABLED
-    acquisition._NUMBA_DISABLED = (name == "numpy")
-    try:
+    with numba_disabled(name == "numpy"):
         yield
-    finally:
-        acquisition._NUMBA_DISABLED = old
 
 
 def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
@@ -352,13 +340,14 @@ def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
 
 
 def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, Any]:
-    from insight.posterior import PosteriorState
-    from insight.selectors import DynamicSamplingRound, make_selector
+    from insight.selection.dapo import DynamicSamplingRound
+    from insight.selection.posterior import PosteriorState
+    from insight.selection.registry import get as selector_spec, make_selector
 
     post_cfg = _posterior_params(variant)
     selector_cfg = build_selector_config(variant.selector)
     selector = make_selector(selector_cfg)
-    dynamic = variant.type == "dynamic-sampling"
+    dynamic = selector_spec(variant.type).dapo_refill
     max_gen = int(selector_cfg.max_num_gen_batches) if dynamic else 1
 
     world = World(sim, seed)
@@ -484,17 +473,10 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
 
 
 def _eb_view(post, cum_s: np.ndarray, cum_n: np.ndarray):
-    """Empirical-Bayes prior for never-observed prompts (the pipeline's extension, same
-    rule as insight.stages._prior_for_unseen): fit Beta-Binomial to observed totals."""
-    seen = cum_n > 0
-    if seen.sum() < 2 or seen.all():
-        return post
-    from insight.posterior import PosteriorState
-    from insight.prior import fit_beta_binomial_prior
-    a0, b0 = fit_beta_binomial_prior(cum_s[seen], cum_n[seen])
-    alpha, beta = np.array(post.alpha, dtype=float), np.array(post.beta, dtype=float)
-    alpha[~seen], beta[~seen] = a0, b0
-    return PosteriorState(post.prompt_ids, alpha, beta)
+    """Empirical-Bayes prior for never-observed prompts: the pipeline's rule
+    (insight.selection.prior.with_fitted_prior_for_unseen) on the totals so far."""
+    from insight.selection.prior import with_fitted_prior_for_unseen
+    return with_fitted_prior_for_unseen(post, cum_s, cum_n)
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -507,17 +489,18 @@ def expand_grid(selectors: Sequence[str], grid: dict[str, Sequence[Any]] | None 
     prior) and the selector reads the posterior. Keys that apply to no selector are an
     error (a typo must not silently sweep nothing). `base` gives fixed fields per type.
     """
+    from insight.selection.registry import get as selector_spec, parse_selector_config
+
     grid = {k: list(v) for k, v in (grid or {}).items() if v is not None and len(v)}
-    adapter = _selector_adapter()
     used: set[str] = set()
     variants: list[Variant] = []
     for sel_type in selectors:
         fixed = dict((base or {}).get(sel_type, {}))
-        fields = set(type(adapter.validate_python({"type": sel_type, **fixed})).model_fields)
+        fields = set(type(parse_selector_config({"type": sel_type, **fixed})).model_fields)
         keys = []
         for key in grid:
             if key in POSTERIOR_KEYS:
-                if sel_type in POSTERIOR_SELECTORS:
+                if selector_spec(sel_type).uses_posterior:
                     keys.append(key)
             elif key in fields and key != "type":
                 keys.append(key)
@@ -527,7 +510,7 @@ def expand_grid(selectors: Sequence[str], grid: dict[str, Sequence[Any]] | None 
             postp: dict[str, Any] = {}
             for key, val in zip(keys, combo):
                 (postp if key in POSTERIOR_KEYS else sel)[key] = val
-            adapter.validate_python(sel)  # fail fast, naming the field
+            parse_selector_config(sel)  # fail fast, naming the field
             _posterior_params(Variant(sel, postp))
             variants.append(Variant(sel, postp))
     unused = set(grid) - used
@@ -787,9 +770,9 @@ def add_simulate_arguments(parser) -> None:
     sw.add_argument("--b0", type=_floats, help="prior beta values")
     sw.add_argument("--prior", type=_strs, help="fixed and/or empirical-bayes")
     sw.add_argument("--decay", type=_strs, help="observed and/or all")
-    sw.add_argument("--gamma", type=_floats, help="weight sharpness (beta-family weight)")
+    sw.add_argument("--gamma", type=_floats, help="weight sharpness (power weight)")
     sw.add_argument("--sigma", type=_floats, help="gaussian weight width")
-    sw.add_argument("--weight", type=_strs, help="weight family, e.g. beta,gaussian")
+    sw.add_argument("--weight", type=_strs, help="weight family: power and/or gaussian")
     sw.add_argument("--tau", type=_floats, help="target success rate")
     sw.add_argument("--pool-ratio", dest="pool_ratio", type=_pool_ratios,
                     help="candidate pool = pool_ratio * B, e.g. none,8,16 (none: whole pool)")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import betaln
 
-from insight.posterior import PosteriorState
-from insight.prior import (MAX_PARAM, empirical_bayes_state, fit_beta_binomial,
+from insight.selection.posterior import PosteriorState
+from insight.selection.prior import (MAX_PARAM, empirical_bayes_state, fit_beta_binomial,
                            fit_beta_binomial_prior)
 
 

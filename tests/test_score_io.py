@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from insight import acquisition as A
+from insight.selection import registry
 from insight.score_io import add_score_arguments, run_score, score_file
 
 
@@ -31,7 +31,7 @@ def test_alpha_beta_parquet_to_parquet(tmp_path):
     assert t.num_rows == 6
     ins = t.filter(pa.compute.equal(t["selector"], "insight"))
     np.testing.assert_allclose(np.asarray(ins["score"]),
-                               A.score("insight", [1.0, 5.0, 2.0], [1.0, 2.0, 9.0], 8))
+                               registry.score("insight", [1.0, 5.0, 2.0], [1.0, 2.0, 9.0], 8))
     assert sorted(np.asarray(ins["rank"]).tolist()) == [1, 2, 3]
     assert ins["selected"].to_pylist() == (np.asarray(ins["rank"]) <= 2).tolist()
 
