@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from insight.selection import mi_numba, registry, scores
-from insight.selection.mi import get_num_threads, numba_available, set_num_threads
+from insight.selection.mi import (get_num_threads, numba_available, numba_disabled,
+                                  set_num_threads)
 from insight.selection.mi import mutual_information as MI
 
 BACKENDS = ["numpy"] + (["numba"] if numba_available() else [])
@@ -104,6 +105,28 @@ def test_numba_and_numpy_backends_agree():
     ks = rng.integers(1, 40, 5000)
     np.testing.assert_allclose(MI(a, b, ks, backend="numba"), MI(a, b, ks, backend="numpy"),
                                rtol=1e-11)
+
+
+def test_numba_switch_is_scoped_and_restored_even_after_an_error():
+    before = numba_available()
+    with pytest.raises(RuntimeError):
+        with numba_disabled():
+            assert not numba_available()
+            with pytest.raises(ValueError, match="backend 'numba' requested"):
+                MI(2.0, 3.0, 8, backend="numba")
+            raise RuntimeError("leave the block by an error")
+    assert numba_available() == before
+    with numba_disabled(False):
+        assert numba_available() == _numba_importable()
+    assert numba_available() == before
+
+
+def _numba_importable() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")

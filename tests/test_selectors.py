@@ -181,6 +181,11 @@ def test_filter_groups_and_truncation():
                                   [False, True, True, False, True])
     np.testing.assert_array_equal(truncate_kept([True, False, True, True], 2),
                                   [True, False, True, False])
+    keep = np.array([True, True, False, True])
+    np.testing.assert_array_equal(truncate_kept(keep, 0), [False] * 4)
+    np.testing.assert_array_equal(truncate_kept(keep, -3), [False] * 4)   # over-full: none
+    np.testing.assert_array_equal(truncate_kept(keep, 10), keep)
+    assert keep.tolist() == [True, True, False, True]                    # input untouched
     with pytest.raises(ValueError, match="successes must lie in"):
         filter_groups([9], [8])
 
