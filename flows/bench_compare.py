@@ -83,7 +83,7 @@ def parse_seeds(text: str | int) -> list[int]:
 
 
 def parse_selectors(text: str) -> list[str]:
-    from insight.selectors import parse_selector_config
+    from insight.selection.registry import parse_selector_config
     names = [s.strip() for s in str(text).split(",") if s.strip()]
     if not names:
         raise ValueError("--selectors: none given")

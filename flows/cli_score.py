@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from insight.acquisition import SELECTORS
+from insight.selection.registry import NAMES as SELECTORS
 from insight.score_io import score_file
 
 

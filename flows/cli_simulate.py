@@ -44,9 +44,9 @@ def add_simulate_arguments(parser) -> None:
     sw.add_argument("--b0", type=_floats, help="prior beta values")
     sw.add_argument("--prior", type=_strs, help="fixed and/or empirical-bayes")
     sw.add_argument("--decay", type=_strs, help="observed and/or all")
-    sw.add_argument("--gamma", type=_floats, help="weight sharpness (beta-family weight)")
+    sw.add_argument("--gamma", type=_floats, help="weight sharpness (power weight)")
     sw.add_argument("--sigma", type=_floats, help="gaussian weight width")
-    sw.add_argument("--weight", type=_strs, help="weight family, e.g. beta,gaussian")
+    sw.add_argument("--weight", type=_strs, help="weight family: power and/or gaussian")
     sw.add_argument("--tau", type=_floats, help="target success rate")
     sw.add_argument("--pool-ratio", dest="pool_ratio", type=_pool_ratios,
                     help="candidate pool = pool_ratio * B, e.g. none,8,16 (none: whole pool)")

@@ -56,13 +56,15 @@ def _f(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-# Selectors whose score is a random key (draw order), not a judgement of the prompt.
-_RANDOM_KEY_SELECTORS = ("uniform", "dynamic-sampling")
+def _random_key(selector) -> bool:
+    """The selector's score is a random key (draw order), not a judgement of the prompt."""
+    from insight.selection import registry
+    return selector in registry.SELECTORS and registry.SELECTORS[selector].random_key
 
 
 def reason_not_selected(row: dict) -> str:
     """A short label for why a scored candidate was not selected."""
-    if row.get("selector") in _RANDOM_KEY_SELECTORS:
+    if _random_key(row.get("selector")):
         return "not drawn"
     score, cut = row.get("score"), row.get("cut_score")
     if score is not None and cut is not None and score >= cut:
@@ -84,7 +86,7 @@ def why_not_selected(row: dict) -> str:
     score, cut = row.get("score"), row.get("cut_score")
     if cut is None:
         return f"round {r} selected no candidate of its batch ({place})"
-    if row.get("selector") in _RANDOM_KEY_SELECTORS:
+    if _random_key(row.get("selector")):
         return (f"not drawn by the {row['selector']} selector in round {r} (its score is a "
                 f"random key; {place})")
     if reason == "not drawn":

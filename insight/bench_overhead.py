@@ -2,7 +2,7 @@
 
 What is timed (best of ``repeats``, same process, same arrays):
 
-* ``seconds``: ``acquisition.score("insight", alpha, beta, k)`` on ``n_prompts`` posteriors,
+* ``seconds``: ``registry.score("insight", alpha, beta, k)`` on ``n_prompts`` posteriors,
   i.e. input validation + exact I_k + power weight at the mean (the whole insight score).
 * ``floor_seconds``: k + 1 (= 17 at k = 16, one per term y = 0..k of the sum) fused
   multiply-add passes over the same arrays, each pass
@@ -35,7 +35,7 @@ import tracemalloc
 
 import numpy as np
 
-from insight import acquisition
+from insight.selection import mi, registry
 
 
 def _log(msg: str) -> None:
@@ -68,13 +68,13 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
         raise ValueError("n_prompts, k and repeats must be >= 1")
     _log(f"generating {n_prompts} posteriors (k={k})")
     alpha, beta = make_posteriors(n_prompts, k, seed)
-    backend = "numba" if acquisition.numba_available() else "numpy"
+    backend = "numba" if mi.numba_available() else "numpy"
     threads = 1
     t0 = time.perf_counter()
-    acquisition.score("insight", alpha[:1000], beta[:1000], k)   # compile / load the cache
+    registry.score("insight", alpha[:1000], beta[:1000], k)   # compile / load the cache
     warm = time.perf_counter() - t0
     if backend == "numba":
-        threads = acquisition.get_num_threads()
+        threads = mi.get_num_threads()
     _log(f"backend {backend} ({threads} threads), warm-up {warm:.2f}s")
 
     t = np.empty_like(alpha)
@@ -85,7 +85,7 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
             np.add(t, alpha, out=t)
 
     def insight():
-        acquisition.score("insight", alpha, beta, k)
+        registry.score("insight", alpha, beta, k)
 
     floor()
     floor_s = _best(floor, repeats)
@@ -101,27 +101,27 @@ def run_overhead_benchmark(n_prompts: int = 1_000_000, k: int = 16, repeats: int
 
     single = None
     if backend == "numba" and threads > 1:
-        acquisition.set_num_threads(1)
+        mi.set_num_threads(1)
         try:
             single = _best(insight, repeats)
         finally:
-            acquisition.set_num_threads(threads)
+            mi.set_num_threads(threads)
         _log(f"insight score, 1 thread: {single:.4f}s")
 
     sub = min(n_prompts, 100_000)
-    t_np = _best(lambda: acquisition.mutual_information(alpha[:sub], beta[:sub], k,
+    t_np = _best(lambda: mi.mutual_information(alpha[:sub], beta[:sub], k,
                                                         backend="numpy"), 1)
     np_full = t_np * n_prompts / sub
     _log(f"numpy recurrences: {t_np:.3f}s on {sub} -> {np_full:.2f}s extrapolated")
     sub_naive = min(n_prompts, 20_000)
-    t_nv = _best(lambda: acquisition.mutual_information(alpha[:sub_naive], beta[:sub_naive], k,
+    t_nv = _best(lambda: mi.mutual_information(alpha[:sub_naive], beta[:sub_naive], k,
                                                         backend="naive"), 1)
     nv_full = t_nv * n_prompts / sub_naive
     _log(f"naive scipy per y: {t_nv:.3f}s on {sub_naive} -> {nv_full:.2f}s extrapolated")
 
     check = min(n_prompts, 20_000)
-    fast = acquisition.mutual_information(alpha[:check], beta[:check], k)
-    ref = acquisition.mutual_information(alpha[:check], beta[:check], k, backend="numpy")
+    fast = mi.mutual_information(alpha[:check], beta[:check], k)
+    ref = mi.mutual_information(alpha[:check], beta[:check], k, backend="numpy")
     max_rel = float(np.max(np.abs(fast - ref) / ref))
 
     result = {

@@ -32,20 +32,6 @@ import torch
 
 BOOTSTRAP_DATA_SEED_OFFSET = 1_000_003
 
-#: The GRPO settings tuned with scripts/learn_demo.py for the shipped checkpoint
-#: (checkpoints/tiny-arith) on a 2-core CPU; see that script for the measured gains.
-TINY_ARITH_RECIPE = dict(
-    task=dict(min_digits=1, max_digits=2, ops=("+", "-"), pool_size=4000, eval_fraction=0.1),
-    rollout=dict(k=8, temperature=1.0, top_p=1.0, max_new_tokens=6),
-    batch_prompts=32,
-    optimizer=dict(lr=2e-4, betas=(0.9, 0.999), weight_decay=0.0),
-    update=dict(epochs=1, mini_batch_size=None, micro_batch_size=256, clip_eps=0.2,
-                clip_eps_high=0.28, kl_coef=0.0, max_grad_norm=1.0, normalize_std=True),
-    eval=dict(n_samples=4, temperature=1.0, greedy_too=True),
-    rounds=80,
-)
-
-
 @dataclass
 class BootstrapConfig:
     seed: int = 0

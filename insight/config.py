@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from insight.selectors import SelectorConfig
+from insight.selection.registry import SelectorConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -154,7 +154,7 @@ class RunConfig(_Strict):
 
 
 def _default_selector():
-    from insight.selectors import InsightConfig
+    from insight.selection.configs import InsightConfig
     return InsightConfig()
 
 

@@ -9,7 +9,7 @@ Output (Parquet, or CSV by extension): long format, one row per (selector, promp
 selector, prompt_id, score, rank (1 = best, by descending score within the selector, ties
 by a seeded draw), selected (rank <= batch_size when a batch size is given, else null),
 mi, weight, alpha, beta, mean, difficulty_factor, evidence_factor, sampled_p, k.
-Scores use ``insight.acquisition.score_components`` (higher is better); for uniform and
+Scores use ``insight.selection.registry.score_components`` (higher is better); for uniform and
 dynamic-sampling the score is a seeded uniform key (their candidate order).
 The command's arguments are parsed in `flows.cli_score`; `score_file` is the whole job.
 """
@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from insight import acquisition
-from insight.acquisition import SELECTORS, _describe
+from insight.selection import registry
+from insight.selection.registry import NAMES as SELECTORS
+from insight.selection.validate import as_float_array, describe, validate_alpha_beta, validate_k
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 _OUT_COLUMNS = ("selector", "prompt_id", "score", "rank", "selected", "mi", "weight", "alpha",
@@ -59,10 +60,10 @@ def _numeric(table: pa.Table, name: str, ids) -> np.ndarray:
     col = table.column(name)
     if col.null_count:
         bad = np.asarray(col.is_null().to_pylist(), dtype=bool)
-        raise ValueError(f"column {name!r} is empty; offending {_describe(bad, ids)}")
+        raise ValueError(f"column {name!r} is empty; offending {describe(bad, ids)}")
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise ValueError(f"column {name!r} must be numeric, got {col.type}")
-    return acquisition.as_float_array(col.to_numpy(zero_copy_only=False), name, ids)
+    return as_float_array(col.to_numpy(zero_copy_only=False), name, ids)
 
 
 def load_posteriors(table: pa.Table, *, a0: float = 1.0, b0: float = 1.0):
@@ -76,7 +77,7 @@ def load_posteriors(table: pa.Table, *, a0: float = 1.0, b0: float = 1.0):
     ids = np.asarray([str(x) for x in pid.to_pylist()], dtype=object)
     empty = np.asarray([x == "" for x in ids], dtype=bool)
     if empty.any():
-        raise ValueError(f"prompt_id must be non-empty; offending {_describe(empty)}")
+        raise ValueError(f"prompt_id must be non-empty; offending {describe(empty)}")
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"duplicate prompt ids: {[str(u) for u in uniq[counts > 1][:10]]}")
@@ -84,10 +85,10 @@ def load_posteriors(table: pa.Table, *, a0: float = 1.0, b0: float = 1.0):
         if {"successes", "trials"} & cols:
             raise ValueError("input has both alpha/beta and successes/trials columns; "
                              "keep one pair")
-        alpha, beta = acquisition.validate_alpha_beta(_numeric(table, "alpha", ids),
-                                                      _numeric(table, "beta", ids), ids)
+        alpha, beta = validate_alpha_beta(_numeric(table, "alpha", ids),
+                                          _numeric(table, "beta", ids), ids)
     elif {"successes", "trials"} <= cols:
-        from insight.posterior import update, validate_outcomes
+        from insight.selection.posterior import update, validate_outcomes
 
         s, t = validate_outcomes(_numeric(table, "successes", ids),
                                  _numeric(table, "trials", ids), ids)
@@ -98,7 +99,7 @@ def load_posteriors(table: pa.Table, *, a0: float = 1.0, b0: float = 1.0):
                          f"trials; it has {table.column_names}")
     k = None
     if "k" in cols:
-        k = acquisition.validate_k(_numeric(table, "k", ids), len(ids), ids)
+        k = validate_k(_numeric(table, "k", ids), len(ids), ids)
     return ids, alpha, beta, k
 
 
@@ -113,7 +114,7 @@ def score_table(ids, alpha, beta, selectors: list[str], k, *, seed: int = 0,
             raise ValueError(f"unknown selector {name!r}; choose from {list(SELECTORS)}")
     if len(set(selectors)) != len(selectors):
         raise ValueError(f"selector listed twice: {selectors}")
-    applicable = set().union(*(acquisition.selector_params(s) for s in selectors))
+    applicable = set().union(*(registry.selector_params(s) for s in selectors))
     given = {p for p, v in params.items() if v is not None}
     unused = sorted(given - applicable)
     if unused:
@@ -121,14 +122,14 @@ def score_table(ids, alpha, beta, selectors: list[str], k, *, seed: int = 0,
                          f"they take {sorted(applicable) or 'none'}")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    kk = acquisition.validate_k(k, len(ids) if np.ndim(k) else None, ids)
+    kk = validate_k(k, len(ids) if np.ndim(k) else None, ids)
     n = len(ids)
     parts = []
     for i, name in enumerate(selectors):
         rng = np.random.default_rng([seed, i])
         mine = {p: v for p, v in params.items()
-                if p in acquisition.selector_params(name) and v is not None}
-        comp = acquisition.score_components(name, alpha, beta, kk, rng=rng, prompt_ids=ids,
+                if p in registry.selector_params(name) and v is not None}
+        comp = registry.score_components(name, alpha, beta, kk, rng=rng, prompt_ids=ids,
                                             **mine)
         order = np.lexsort((rng.random(n), -comp["score"]))
         rank = np.empty(n, dtype=np.int32)

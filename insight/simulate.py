@@ -2,8 +2,8 @@
 
 THIS IS A SIMULATION, NOT A MEASUREMENT. Nothing here trains or evaluates a model. The
 numbers it produces come from a toy model of how a GRPO-trained policy's per-prompt success
-rates move; they show how the selectors (the real ones, from `insight.selectors`, sharing
-the real `insight.posterior`) behave on that toy model, and how their parameters interact,
+rates move; they show how the selectors (the real ones, from `insight.selection`, sharing
+the real posterior) behave on that toy model, and how their parameters interact,
 in seconds instead of GPU-days. Whether a selector helps on a real model and task is
 answered only by training runs (`insight train` and the data-efficiency benchmark).
 
@@ -92,8 +92,6 @@ LABEL = "SIMULATION"
 DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
               "(see insight/simulate.py); no model was trained or evaluated.")
 
-# Selectors that read the shared posterior (posterior parameters are swept only for them).
-POSTERIOR_SELECTORS = ("insight", "insight-sampled", "mi", "difficulty", "mopps")
 POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior")
 DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")
 
@@ -294,18 +292,10 @@ def targets_for(sim: SimConfig, initial_accuracy: float) -> list[float]:
 
 
 # --------------------------------------------------------------------------- one run
-def selector_adapter():
-    """A pydantic validator of the pipeline's SelectorConfig (the union over selector
-    types), built on first use so importing the simulator stays light."""
-    from pydantic import TypeAdapter
-
-    from insight.selectors import SelectorConfig
-    return TypeAdapter(SelectorConfig)
-
-
 def build_selector_config(selector: dict[str, Any]):
     """Validate a selector dict into the pipeline's SelectorConfig (errors name the field)."""
-    return selector_adapter().validate_python(dict(selector))
+    from insight.selection.registry import parse_selector_config
+    return parse_selector_config(dict(selector))
 
 
 @contextmanager
@@ -316,18 +306,14 @@ def mi_backend(name: str = "numpy"):
     runs hundreds of selections per run, where the compiled kernel's one-off JIT (~20 s per
     process on this machine) and its parallel-launch latency on a loaded 2-core machine
     (tens of ms per call) cost more than numpy's ~2-5 ms. Both backends compute the same
-    I_k (tested equal to ~1e-11 in the core). The switch is acquisition's
-    INSIGHT_DISABLE_NUMBA flag, set for the duration of the block and then restored.
+    I_k (tested equal to ~1e-11 in the core). The switch is the MI module's
+    ``numba_disabled``, set for the duration of the block and then restored.
     """
-    from insight import acquisition
+    from insight.selection.mi import numba_disabled
     if name not in ("numpy", "numba", "auto"):
         raise ValueError(f"mi backend must be numpy, numba or auto, got {name!r}")
-    old = acquisition._NUMBA_DISABLED
-    acquisition._NUMBA_DISABLED = (name == "numpy")
-    try:
+    with numba_disabled(name == "numpy"):
         yield
-    finally:
-        acquisition._NUMBA_DISABLED = old
 
 
 def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
@@ -351,13 +337,14 @@ def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
 
 
 def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, Any]:
-    from insight.posterior import PosteriorState
-    from insight.selectors import DynamicSamplingRound, make_selector
+    from insight.selection.dapo import DynamicSamplingRound
+    from insight.selection.posterior import PosteriorState
+    from insight.selection.registry import get as selector_spec, make_selector
 
     post_cfg = posterior_params(variant)
     selector_cfg = build_selector_config(variant.selector)
     selector = make_selector(selector_cfg)
-    dynamic = variant.type == "dynamic-sampling"
+    dynamic = selector_spec(variant.type).dapo_refill
     max_gen = int(selector_cfg.max_num_gen_batches) if dynamic else 1
 
     world = World(sim, seed)
@@ -483,14 +470,8 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
 
 
 def _eb_view(post, cum_s: np.ndarray, cum_n: np.ndarray):
-    """Empirical-Bayes prior for never-observed prompts (the pipeline's extension, same
-    rule as insight.stages._prior_for_unseen): fit Beta-Binomial to observed totals."""
-    seen = cum_n > 0
-    if seen.sum() < 2 or seen.all():
-        return post
-    from insight.posterior import PosteriorState
-    from insight.prior import fit_beta_binomial_prior
-    a0, b0 = fit_beta_binomial_prior(cum_s[seen], cum_n[seen])
-    alpha, beta = np.array(post.alpha, dtype=float), np.array(post.beta, dtype=float)
-    alpha[~seen], beta[~seen] = a0, b0
-    return PosteriorState(post.prompt_ids, alpha, beta)
+    """Empirical-Bayes prior for never-observed prompts: the pipeline's rule
+    (insight.selection.prior.with_fitted_prior_for_unseen) on the totals so far."""
+    from insight.selection.prior import with_fitted_prior_for_unseen
+    return with_fitted_prior_for_unseen(post, cum_s, cum_n)
+

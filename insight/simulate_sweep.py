@@ -21,9 +21,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from insight.simulate import (DISCLAIMER, LABEL, POSTERIOR_KEYS, POSTERIOR_SELECTORS,
-                              SimConfig, Variant, posterior_params, run_simulation,
-                              selector_adapter)
+from insight.selection.registry import get as selector_spec, parse_selector_config
+from insight.simulate import (DISCLAIMER, LABEL, POSTERIOR_KEYS, SimConfig, Variant,
+                              posterior_params, run_simulation)
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -37,16 +37,15 @@ def expand_grid(selectors: Sequence[str], grid: dict[str, Sequence[Any]] | None 
     error (a typo must not silently sweep nothing). `base` gives fixed fields per type.
     """
     grid = {k: list(v) for k, v in (grid or {}).items() if v is not None and len(v)}
-    adapter = selector_adapter()
     used: set[str] = set()
     variants: list[Variant] = []
     for sel_type in selectors:
         fixed = dict((base or {}).get(sel_type, {}))
-        fields = set(type(adapter.validate_python({"type": sel_type, **fixed})).model_fields)
+        fields = set(type(parse_selector_config({"type": sel_type, **fixed})).model_fields)
         keys = []
         for key in grid:
             if key in POSTERIOR_KEYS:
-                if sel_type in POSTERIOR_SELECTORS:
+                if selector_spec(sel_type).uses_posterior:
                     keys.append(key)
             elif key in fields and key != "type":
                 keys.append(key)
@@ -56,7 +55,7 @@ def expand_grid(selectors: Sequence[str], grid: dict[str, Sequence[Any]] | None 
             postp: dict[str, Any] = {}
             for key, val in zip(keys, combo):
                 (postp if key in POSTERIOR_KEYS else sel)[key] = val
-            adapter.validate_python(sel)  # fail fast, naming the field
+            parse_selector_config(sel)  # fail fast, naming the field
             posterior_params(Variant(sel, postp))
             variants.append(Variant(sel, postp))
     unused = set(grid) - used

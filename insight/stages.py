@@ -28,10 +28,13 @@ import pyarrow.compute as pc
 
 from insight import generation, grpo, model as policy_model, verifiers
 from insight.metrics import round_metrics
-from insight.posterior import PosteriorState
-from insight.prior import fit_beta_binomial_prior
 from insight.run import Run, load_problems_of, stage_seed
-from insight.selectors import Selection, filter_groups, make_selector
+from insight.selection import registry
+from insight.selection.dapo import filter_groups, truncate_kept
+from insight.selection.posterior import PosteriorState
+from insight.selection.prior import with_fitted_prior_for_unseen
+from insight.selection.registry import make_selector
+from insight.selection.selectors import Selection
 from insight.store import RunStore, round_dir
 
 SELECT, GENERATE, EVALUATE, TRAIN = 1, 2, 3, 4  # seed streams
@@ -119,13 +122,11 @@ def _prior_for_unseen(run: Run, post: PosteriorState, round_: int) -> PosteriorS
     with RunStore(run.run_dir) as db:
         t = db.sql("SELECT prompt_id, sum(success::INT) AS s, count(*) AS n FROM rollouts "
                    "WHERE run_id = ? AND round < ? GROUP BY prompt_id", [run.run_id, round_])
-    if t.num_rows < 2:
-        return post
-    a0, b0 = fit_beta_binomial_prior(np.asarray(t["s"]), np.asarray(t["n"]))
-    seen = np.isin(post.prompt_ids, np.asarray(t["prompt_id"], dtype=object))
-    alpha, beta = post.alpha.copy(), post.beta.copy()
-    alpha[~seen], beta[~seen] = a0, b0
-    return PosteriorState(post.prompt_ids, alpha, beta)
+    # totals aligned with the posterior's prompts (0 trials: never observed)
+    idx = post.index_of(np.asarray(t["prompt_id"].to_pylist(), dtype=object))
+    successes, trials = np.zeros(len(post)), np.zeros(len(post))
+    successes[idx], trials[idx] = np.asarray(t["s"]), np.asarray(t["n"])
+    return with_fitted_prior_for_unseen(post, successes, trials)
 
 
 def _selection_rows(run: Run, round_: int, sel: Selection, gen_batch: int) -> pa.Table:
@@ -182,14 +183,14 @@ def rollout(run: Run, round_: int) -> dict:
         chosen = db.sql("SELECT prompt_id FROM selections WHERE run_id = ? AND round = ? AND "
                         "selected ORDER BY gen_batch, rank", [run.run_id, round_])
     prompt_ids = chosen.column("prompt_id").to_pylist()
-    dynamic = cfg.selector.type == "dynamic-sampling"
+    dynamic = registry.get(cfg.selector.type).dapo_refill
     tables, kept_groups, drawn, gen_batch = [], 0, set(prompt_ids), 0
     while True:
         rows, successes = _generate_group_rows(run, round_, model, tok, problems,
                                                prompt_ids, gen_batch)
         keep = filter_groups(successes, np.full(len(successes), cfg.rollout.k)) if dynamic \
             else np.ones(len(successes), bool)
-        keep = _truncate_keep(keep, cfg.rollout.batch_size - kept_groups)
+        keep = truncate_kept(keep, cfg.rollout.batch_size - kept_groups)
         kept_groups += int(keep.sum())
         rows = rows.append_column("kept", pa.array(np.repeat(keep, cfg.rollout.k)))
         tables.append(rows)
@@ -205,13 +206,6 @@ def rollout(run: Run, round_: int) -> dict:
         db.replace_round_rows("rollouts", run.run_id, round_, pa.concat_tables(tables))
     n = sum(t.num_rows for t in tables)
     return {"rollouts": n, "gen_batches": gen_batch, "kept_groups": kept_groups}
-
-
-def _truncate_keep(keep: np.ndarray, room: int) -> np.ndarray:
-    keep = keep.copy()
-    idx = np.flatnonzero(keep)
-    keep[idx[max(room, 0):]] = False
-    return keep
 
 
 def _draw_refill(run: Run, round_: int, gen_batch: int, drawn: set[str]) -> list[str]:

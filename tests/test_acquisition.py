@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insight import acquisition as A
-from insight.acquisition import mutual_information as MI
+from insight.selection import mi_numba, registry, scores
+from insight.selection.mi import (get_num_threads, numba_available, numba_disabled,
+                                  set_num_threads)
+from insight.selection.mi import mutual_information as MI
 
-BACKENDS = ["numpy"] + (["numba"] if A.numba_available() else [])
+BACKENDS = ["numpy"] + (["numba"] if numba_available() else [])
 
 
 def mi_reference(a: float, b: float, k: int, dps: int = 50) -> float:
@@ -92,7 +94,7 @@ def test_naive_formula_agrees_at_moderate_n_and_loses_digits_at_large_n():
     np.testing.assert_allclose(MI(a, b, 16, backend="naive"), MI(a, b, 16), rtol=1e-10)
 
 
-@pytest.mark.skipif(not A.numba_available(), reason="numba not installed")
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_numba_and_numpy_backends_agree():
     rng = np.random.default_rng(3)
     a = 10 ** rng.uniform(-2, 6, 5000)
@@ -105,26 +107,48 @@ def test_numba_and_numpy_backends_agree():
                                rtol=1e-11)
 
 
-@pytest.mark.skipif(not A.numba_available(), reason="numba not installed")
+def test_numba_switch_is_scoped_and_restored_even_after_an_error():
+    before = numba_available()
+    with pytest.raises(RuntimeError):
+        with numba_disabled():
+            assert not numba_available()
+            with pytest.raises(ValueError, match="backend 'numba' requested"):
+                MI(2.0, 3.0, 8, backend="numba")
+            raise RuntimeError("leave the block by an error")
+    assert numba_available() == before
+    with numba_disabled(False):
+        assert numba_available() == _numba_importable()
+    assert numba_available() == before
+
+
+def _numba_importable() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_threaded_kernel_and_vector_log():
     rng = np.random.default_rng(8)
     a = 10 ** rng.uniform(-2, 4, 70_000)
     b = 10 ** rng.uniform(-2, 4, 70_000)
-    threads = A.get_num_threads()
+    threads = get_num_threads()
     try:
-        A.set_num_threads(1)
+        set_num_threads(1)
         one = MI(a, b, 16, backend="numba")
-        A.set_num_threads(3)
+        set_num_threads(3)
         three = MI(a, b, 16, backend="numba")
     finally:
-        A.set_num_threads(threads)
+        set_num_threads(threads)
     np.testing.assert_array_equal(one, three)
     np.testing.assert_allclose(one, MI(a, b, 16, backend="numpy"), rtol=1e-11)
-    per_k, _ = A._build_numba()
+    per_k, _ = mi_numba._build_numba()
     x = np.concatenate([10 ** rng.uniform(-300, 300, 4000), np.nextafter(np.sqrt(2), [0, 3]),
                         [1.0, 2.0, 0.5, 1e-6, 1e60]])
     out, scratch = np.empty_like(x), np.empty_like(x)
-    A._nb_vlog(x, len(x), out, scratch)
+    mi_numba._nb_vlog(x, len(x), out, scratch)
     np.testing.assert_allclose(out, np.log(x), rtol=4e-16, atol=0)
 
 
@@ -175,22 +199,22 @@ def test_variance_reduction_is_difficulty_times_evidence():
             mp.binomial(k, y) * mp.exp(mp.log(mp.beta(a + y, b + k - y)) - lbab)
             * ((a + y) * (b + k - y) / ((n + k) ** 2 * (n + k + 1))) for y in range(k + 1))
     prior_var = a * b / (n ** 2 * (n + 1))
-    expected = float(A.difficulty_factor(a, b) * A.evidence_factor(a, b, k))
+    expected = float(scores.difficulty_factor(a, b) * scores.evidence_factor(a, b, k))
     assert prior_var - float(e_post_var) == pytest.approx(expected, rel=1e-12)
-    assert float(A.difficulty_factor(a, b)) == pytest.approx(m * (1 - m))
+    assert float(scores.difficulty_factor(a, b)) == pytest.approx(m * (1 - m))
 
 
 def test_difficulty_weights_shape():
     m = np.linspace(0, 1, 101)
-    w = A.difficulty_weight(m)
+    w = scores.difficulty_weight(m)
     assert w[50] == pytest.approx(1.0) and w[0] == 0 and w[-1] == 0
     np.testing.assert_allclose(w, w[::-1], atol=1e-15)
     assert (np.diff(w[:51]) > 0).all()
-    np.testing.assert_allclose(A.difficulty_weight(m, gamma=0.0), 1.0)
-    np.testing.assert_allclose(A.difficulty_weight(m, gamma=2.0), w ** 2, rtol=1e-12)
-    g = A.difficulty_weight(m, "gaussian", tau=0.3, sigma=0.1)
+    np.testing.assert_allclose(scores.difficulty_weight(m, gamma=0.0), 1.0)
+    np.testing.assert_allclose(scores.difficulty_weight(m, gamma=2.0), w ** 2, rtol=1e-12)
+    g = scores.difficulty_weight(m, "gaussian", tau=0.3, sigma=0.1)
     assert m[np.argmax(g)] == pytest.approx(0.3)
-    assert float(A.difficulty_weight(0.4, "gaussian", tau=0.3, sigma=0.1)) == \
+    assert float(scores.difficulty_weight(0.4, "gaussian", tau=0.3, sigma=0.1)) == \
         pytest.approx(math.exp(-0.5))
 
 
@@ -211,33 +235,33 @@ def test_scores_of_each_selector():
     k = 8
     mi = MI(a, b, k)
     m = a / (a + b)
-    np.testing.assert_allclose(A.score("mi", a, b, k), mi)
-    np.testing.assert_allclose(A.score("insight", a, b, k), 4 * m * (1 - m) * mi)
-    np.testing.assert_allclose(A.score("insight", a, b, k, weight="gaussian", tau=0.3,
+    np.testing.assert_allclose(registry.score("mi", a, b, k), mi)
+    np.testing.assert_allclose(registry.score("insight", a, b, k), 4 * m * (1 - m) * mi)
+    np.testing.assert_allclose(registry.score("insight", a, b, k, weight="gaussian", tau=0.3,
                                        sigma=0.2),
                                np.exp(-(m - 0.3) ** 2 / 0.08) * mi)
-    np.testing.assert_allclose(A.score("difficulty", a, b, k, tau=0.3), -(m - 0.3) ** 2)
+    np.testing.assert_allclose(registry.score("difficulty", a, b, k, tau=0.3), -(m - 0.3) ** 2)
     p = np.random.default_rng(5).beta(a, b)
-    np.testing.assert_allclose(A.score("mopps", a, b, k, rng=np.random.default_rng(5)),
+    np.testing.assert_allclose(registry.score("mopps", a, b, k, rng=np.random.default_rng(5)),
                                -(p - 0.5) ** 2)
-    np.testing.assert_allclose(A.score("insight-sampled", a, b, k, rng=5),
+    np.testing.assert_allclose(registry.score("insight-sampled", a, b, k, rng=5),
                                4 * p * (1 - p) * mi)
-    u = A.score("uniform", a, b, k, rng=1)
+    u = registry.score("uniform", a, b, k, rng=1)
     assert ((u >= 0) & (u < 1)).all()
     # same seed, same scores
-    np.testing.assert_array_equal(A.score("mopps", a, b, k, rng=3),
-                                  A.score("mopps", a, b, k, rng=3))
+    np.testing.assert_array_equal(registry.score("mopps", a, b, k, rng=3),
+                                  registry.score("mopps", a, b, k, rng=3))
 
 
 def test_score_components_diagnostics():
     a, b = np.array([3.0, 7.0]), np.array([2.0, 1.0])
-    comp = A.score_components("insight", a, b, 4)
+    comp = registry.score_components("insight", a, b, 4)
     n = a + b
     np.testing.assert_allclose(comp["evidence_factor"], 4 / ((n + 1) * (n + 4)))
     np.testing.assert_allclose(comp["difficulty_factor"], (a / n) * (b / n))
     np.testing.assert_allclose(comp["score"], comp["weight"] * comp["mi"])
     assert np.isnan(comp["sampled_p"]).all()
-    comp = A.score_components("difficulty", a, b, 4)
+    comp = registry.score_components("difficulty", a, b, 4)
     assert np.isnan(comp["weight"]).all() and np.isfinite(comp["mi"]).all()
 
 
@@ -261,16 +285,16 @@ def test_bad_input_raises_naming_offenders(alpha, beta, k, match):
 
 def test_bad_selector_and_params():
     with pytest.raises(ValueError, match="unknown selector"):
-        A.score("best", [1.0], [1.0], 4)
+        registry.score("best", [1.0], [1.0], 4)
     with pytest.raises(ValueError, match=r"\['gamma'\] do not apply to selector 'mi'"):
-        A.score("mi", [1.0], [1.0], 4, gamma=2.0)
+        registry.score("mi", [1.0], [1.0], 4, gamma=2.0)
     with pytest.raises(ValueError, match="pass rng"):
-        A.score("mopps", [1.0], [1.0], 4)
+        registry.score("mopps", [1.0], [1.0], 4)
     with pytest.raises(ValueError, match="sigma"):
-        A.score("insight", [1.0], [1.0], 4, weight="gaussian", sigma=0.0)
+        registry.score("insight", [1.0], [1.0], 4, weight="gaussian", sigma=0.0)
     with pytest.raises(ValueError, match="weight must be one of"):
-        A.score("insight", [1.0], [1.0], 4, weight="cubic")
+        registry.score("insight", [1.0], [1.0], 4, weight="cubic")
     with pytest.raises(ValueError, match="tau"):
-        A.score("difficulty", [1.0], [1.0], 4, tau=1.5)
+        registry.score("difficulty", [1.0], [1.0], 4, tau=1.5)
     with pytest.raises(ValueError, match="mean must lie in"):
-        A.difficulty_weight([1.2])
+        scores.difficulty_weight([1.2])

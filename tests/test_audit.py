@@ -612,3 +612,17 @@ def test_reasons_for_not_being_selected(row, reason, phrase):
     assert audit_text.reason_not_selected(row) == reason
     text = audit_text.why_not_selected(row)
     assert phrase in text and "rank 30 of 64, cut at 8" in text
+
+
+def test_random_key_selectors_come_from_the_registry():
+    """A candidate a random-key selector skipped was 'not drawn', whatever its score; a
+    scoring selector's is judged by its weight and information."""
+    from insight.selection import registry
+    row = {"round": 1, "position": 9, "candidates": 20, "n_selected": 6, "score": 0.1,
+           "cut_score": 0.5, "weight": 0.2, "cut_weight": 0.9, "mi": 0.3, "cut_mi": 0.3,
+           "sel_mean": 0.9}
+    for name in registry.NAMES:
+        reason = audit._reason({**row, "selector": name})
+        assert (reason == "not drawn") == registry.SELECTORS[name].random_key, name
+    assert audit._reason({**row, "selector": "insight"}) == "too easy"
+    assert audit._reason({**row, "selector": "not-a-selector"}) == "too easy"

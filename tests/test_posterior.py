@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insight.posterior import PosteriorState, mopps_update, update
+from insight.selection.posterior import PosteriorState, mopps_update, update
 
 IDS = [f"p{i}" for i in range(6)]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.special import betaln
 
-from insight.posterior import PosteriorState
-from insight.prior import (MAX_PARAM, empirical_bayes_state, fit_beta_binomial,
-                           fit_beta_binomial_prior)
+from insight.selection.posterior import PosteriorState
+from insight.selection.prior import (MAX_PARAM, empirical_bayes_state, fit_beta_binomial,
+                                     fit_beta_binomial_prior, with_fitted_prior_for_unseen)
 
 
 def simulate(a0, b0, n, k, seed=0):
@@ -87,3 +87,27 @@ def test_empirical_bayes_state_needs_evidence():
     bad = PosteriorState(np.array(["a", "b"], dtype=object), [0.5, 2.0], [1.0, 1.0])
     with pytest.raises(ValueError, match=r"below its recorded prior.*\['a'\]"):
         empirical_bayes_state(bad)
+
+
+def test_unseen_prompts_get_the_prior_fitted_to_the_seen_ones():
+    s, t = simulate(2.0, 5.0, 300, 8, seed=3)
+    ids = [f"p{i}" for i in range(400)]
+    post = PosteriorState.new(ids).observe(ids[:300], s, t)
+    succ, trials = np.zeros(400), np.zeros(400)
+    succ[:300], trials[:300] = s, t
+    view = with_fitted_prior_for_unseen(post, succ, trials)
+    a0, b0 = fit_beta_binomial_prior(s, t)
+    np.testing.assert_array_equal(view.alpha[300:], a0)
+    np.testing.assert_array_equal(view.beta[300:], b0)
+    np.testing.assert_array_equal(view.alpha[:300], post.alpha[:300])   # seen: untouched
+    np.testing.assert_array_equal(view.beta[:300], post.beta[:300])
+    assert a0 / (a0 + b0) == pytest.approx(2 / 7, abs=0.05)
+
+
+def test_fitted_prior_view_leaves_the_state_alone_without_two_seen_or_any_unseen():
+    post = PosteriorState.new(["a", "b", "c"]).observe(["a"], [3.0], [8.0])
+    assert with_fitted_prior_for_unseen(post, [3, 0, 0], [8, 0, 0]) is post
+    full = post.observe(["b", "c"], [1.0, 5.0], [8.0, 8.0])
+    assert with_fitted_prior_for_unseen(full, [3, 1, 5], [8, 8, 8]) is full
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        with_fitted_prior_for_unseen(post, [3, 0], [8, 0])

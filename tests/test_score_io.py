@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli_score import add_score_arguments, run_score
-from insight import acquisition as A
 from insight.score_io import score_file
+from insight.selection import registry
 
 
 def write_csv(path, text):
@@ -32,7 +32,7 @@ def test_alpha_beta_parquet_to_parquet(tmp_path):
     assert t.num_rows == 6
     ins = t.filter(pa.compute.equal(t["selector"], "insight"))
     np.testing.assert_allclose(np.asarray(ins["score"]),
-                               A.score("insight", [1.0, 5.0, 2.0], [1.0, 2.0, 9.0], 8))
+                               registry.score("insight", [1.0, 5.0, 2.0], [1.0, 2.0, 9.0], 8))
     assert sorted(np.asarray(ins["rank"]).tolist()) == [1, 2, 3]
     assert ins["selected"].to_pylist() == (np.asarray(ins["rank"]) <= 2).tolist()
 

@@ -11,13 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from insight import acquisition as A
-from insight.posterior import PosteriorState
-from insight.selectors import (TABLE_SCHEMA, DynamicSamplingRound, InsightConfig, Selection,
-                               Selector, SelectorConfig, filter_groups, make_selector,
-                               truncate_kept)
+from insight.selection import registry
+from insight.selection.configs import InsightConfig
+from insight.selection.dapo import DynamicSamplingRound, filter_groups, truncate_kept
+from insight.selection.mi import mutual_information
+from insight.selection.posterior import PosteriorState
+from insight.selection.registry import SelectorConfig, make_selector
+from insight.selection.selectors import TABLE_SCHEMA, Selection, Selector
 
-NAMES = list(A.SELECTORS)
+NAMES = list(registry.NAMES)
 
 
 def population(n=40, seed=0) -> PosteriorState:
@@ -43,7 +45,7 @@ def check_selection(sel: Selection, post: PosteriorState, batch: int, name: str)
     np.testing.assert_array_equal(np.asarray(t["alpha"]), post.alpha[idx])
     np.testing.assert_array_equal(np.asarray(t["beta"]), post.beta[idx])
     np.testing.assert_allclose(np.asarray(t["mean"]), post.mean()[idx])
-    np.testing.assert_allclose(np.asarray(t["mi"]), A.mutual_information(
+    np.testing.assert_allclose(np.asarray(t["mi"]), mutual_information(
         post.alpha[idx], post.beta[idx], 8), rtol=1e-12)
     # unselected ranks follow descending score
     score = np.asarray(t["score"])
@@ -66,7 +68,7 @@ def test_every_selector_behind_one_interface(name):
 def test_insight_topk_is_the_top_weighted_mi():
     post = population(60, seed=2)
     out = make_selector(InsightConfig()).select(post, 10, 8, np.random.default_rng(0))
-    sc = A.score("insight", post.alpha, post.beta, 8)
+    sc = registry.score("insight", post.alpha, post.beta, 8)
     best = set(post.prompt_ids[np.argsort(-sc)[:10]])
     assert set(out.prompt_ids) == best
     t = out.table
@@ -179,6 +181,11 @@ def test_filter_groups_and_truncation():
                                   [False, True, True, False, True])
     np.testing.assert_array_equal(truncate_kept([True, False, True, True], 2),
                                   [True, False, True, False])
+    keep = np.array([True, True, False, True])
+    np.testing.assert_array_equal(truncate_kept(keep, 0), [False] * 4)
+    np.testing.assert_array_equal(truncate_kept(keep, -3), [False] * 4)   # over-full: none
+    np.testing.assert_array_equal(truncate_kept(keep, 10), keep)
+    assert keep.tolist() == [True, True, False, True]                    # input untouched
     with pytest.raises(ValueError, match="successes must lie in"):
         filter_groups([9], [8])
 
