@@ -228,8 +228,9 @@ def _generate_group_rows(run, round_, model, tok, problems, prompt_ids, gen_batc
         model, tok, [problems[i].prompt for i in prompt_ids], cfg.k,
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
         seed=stage_seed(run.config.seed, round_, GENERATE * 1000 + gen_batch))
-    cols = {k: [] for k in ("prompt_id", "sample_idx", "completion", "completion_token_ids",
-                            "reward", "success", "verifier_error", "truncated")}
+    cols = {k: [] for k in ("prompt_id", "sample_idx", "completion", "completion_chars",
+                            "completion_token_ids", "reward", "success", "verifier_error",
+                            "truncated")}
     successes = np.zeros(len(prompt_ids))
     for g, (pid, group) in enumerate(zip(prompt_ids, groups)):
         p = problems[pid]
@@ -238,7 +239,10 @@ def _generate_group_rows(run, round_, model, tok, problems, prompt_ids, gen_batc
             ok = bool(res.reward >= cfg.success_threshold)
             successes[g] += ok
             for key, val in (("prompt_id", pid), ("sample_idx", j),
-                             ("completion", ro.completion),
+                             # the verifier reads no further than this either: a hostile
+                             # 1 MB completion must not become a 1 MB row; its length stays
+                             ("completion", ro.completion[:verifiers.MAX_COMPLETION_CHARS]),
+                             ("completion_chars", len(ro.completion)),
                              ("completion_token_ids", list(ro.completion_token_ids)),
                              ("reward", float(res.reward)), ("success", ok),
                              ("verifier_error", res.error), ("truncated", bool(ro.truncated))):
@@ -248,6 +252,7 @@ def _generate_group_rows(run, round_, model, tok, problems, prompt_ids, gen_batc
     # (a later DAPO refill batch with one would then not concatenate).
     t = pa.table({**cols,
                   "completion": pa.array(cols["completion"], pa.string()),
+                  "completion_chars": pa.array(cols["completion_chars"], pa.int32()),
                   "verifier_error": pa.array(cols["verifier_error"], pa.string()),
                   "completion_token_ids": pa.array(cols["completion_token_ids"],
                                                    pa.list_(pa.int32()))})

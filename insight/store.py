@@ -53,7 +53,7 @@ SCHEMA: dict[str, str] = {
         run_id VARCHAR, round INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
         completion VARCHAR, completion_token_ids INTEGER[], reward DOUBLE,
         success BOOLEAN, verifier_error VARCHAR, truncated BOOLEAN, policy_round INTEGER,
-        gen_batch INTEGER, kept BOOLEAN""",
+        gen_batch INTEGER, kept BOOLEAN, completion_chars INTEGER""",
     "posteriors": """
         run_id VARCHAR, round INTEGER, prompt_id VARCHAR, alpha DOUBLE, beta DOUBLE""",
     "evals": """
@@ -99,7 +99,19 @@ class RunStore:
             for name, ddl in SCHEMA.items():
                 if name not in have:
                     self.execute(f"CREATE TABLE {name} ({ddl})")
+            self._add_missing_columns()
         return self
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to SCHEMA since a run's file was created (a resumed older run
+        would otherwise fail its first insert of a new column)."""
+        have = {(t, c) for t, c in self.con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns()").fetchall()}
+        for name, ddl in SCHEMA.items():
+            for column in ddl.split(","):
+                col, col_type = column.split()[:2]
+                if (name, col) not in have:
+                    self.execute(f"ALTER TABLE {name} ADD COLUMN {col} {col_type}")
 
     def __exit__(self, *exc) -> None:
         if self.con is not None:

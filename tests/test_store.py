@@ -84,3 +84,21 @@ def test_read_only_open_of_a_missing_run_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="insight.duckdb"):
         with RunStore(tmp_path / "nope", read_only=True):
             pass
+
+
+def test_a_run_file_from_before_a_new_column_gains_it_on_open(tmp_path):
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "insight.duckdb"))  # rollouts as an older version made it
+    con.execute("CREATE TABLE rollouts (run_id VARCHAR, round INTEGER, prompt_id VARCHAR, "
+                "completion VARCHAR)")
+    con.execute("INSERT INTO rollouts VALUES ('r', 1, 'p0', 'old')")
+    con.close()
+    with RunStore(tmp_path) as db:
+        db.insert("rollouts", pa.table({"run_id": ["r"], "round": pa.array([2], pa.int32()),
+                                        "completion": ["new"], "completion_chars": [3]}))
+        rows = db.sql("SELECT completion, completion_chars, kept FROM rollouts ORDER BY round")
+    assert rows.to_pylist() == [
+        {"completion": "old", "completion_chars": None, "kept": None},
+        {"completion": "new", "completion_chars": 3, "kept": None},
+    ]
