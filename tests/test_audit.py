@@ -622,7 +622,7 @@ def test_random_key_selectors_come_from_the_registry():
            "cut_score": 0.5, "weight": 0.2, "cut_weight": 0.9, "mi": 0.3, "cut_mi": 0.3,
            "sel_mean": 0.9}
     for name in registry.NAMES:
-        reason = audit._reason({**row, "selector": name})
+        reason = audit_text.reason_not_selected({**row, "selector": name})
         assert (reason == "not drawn") == registry.SELECTORS[name].random_key, name
-    assert audit._reason({**row, "selector": "insight"}) == "too easy"
-    assert audit._reason({**row, "selector": "not-a-selector"}) == "too easy"
+    assert audit_text.reason_not_selected({**row, "selector": "insight"}) == "too easy"
+    assert audit_text.reason_not_selected({**row, "selector": "not-a-selector"}) == "too easy"
