@@ -2,7 +2,7 @@
 
     python -m flows.cli_bootstrap --out checkpoints/tiny-arith --seed 0 --threads 1 [--steps N]
 
-The training is `insight.bootstrap.bootstrap`; this module only turns the command line
+The training is `insight.policy.bootstrap.bootstrap`; this module only turns the command line
 into its `BootstrapConfig` (defaults are the config's, so the shipped recipe needs no
 flags but --out) and sets torch's thread count when asked.
 """
@@ -15,7 +15,7 @@ from flows import env  # noqa: F401  (offline defaults before transformers is im
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from insight import bootstrap as warm_start
+    from insight.policy import bootstrap as warm_start
 
     ap = argparse.ArgumentParser(prog="python -m flows.cli_bootstrap",
                                  description=warm_start.__doc__.split("\n\n")[0])
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from insight.bootstrap import BootstrapConfig, bootstrap
+    from insight.policy.bootstrap import BootstrapConfig, bootstrap
 
     a = build_parser().parse_args(argv)
     if a.threads:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from insight import datasets
+from insight.problems import datasets
 from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
 from insight.store import RunStore, utcnow
 

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insight import generation, grpo, model as policy_model, verifiers
+from insight.policy import generation, grpo, model as policy_model
+from insight.problems import verifiers
 from insight.metrics import round_metrics
 from insight.run import Run, load_problems_of, stage_seed
 from insight.selection import registry

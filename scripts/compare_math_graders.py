@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insight.verifiers import verify  # noqa: E402
+from insight.problems.verifiers import verify  # noqa: E402
 from tests.test_reward_hacking import HOSTILE_MATH, LEGITIMATE_MATH  # noqa: E402
 
 #: Runs inside the math-verify venv; reads [[completion, reference], ...] on stdin.

@@ -11,7 +11,7 @@ Held-out accuracy (the number the product's acceptance test uses): avg@n, the me
 success of n sampled completions per held-out problem at the training temperature, with
 the same sampling seed at every evaluation (common random numbers); greedy accuracy is
 reported beside it. The held-out split is disjoint from the train pool
-(insight.datasets.train_eval_split).
+(insight.problems.datasets.train_eval_split).
 
 --via-disk saves policy + Adam state to a fresh directory every round and reloads it, as
 the orchestrated pipeline does, to include that cost.
@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from insight.datasets import generate_arithmetic, train_eval_split  # noqa: E402
-from insight.generation import evaluate_accuracy, generate_rollouts  # noqa: E402
-from insight.grpo import (  # noqa: E402
+from insight.problems.datasets import generate_arithmetic, train_eval_split  # noqa: E402
+from insight.policy.generation import evaluate_accuracy, generate_rollouts  # noqa: E402
+from insight.policy.grpo import (  # noqa: E402
     load_trainer_state,
     make_optimizer,
     make_policy_batch,
@@ -54,8 +54,8 @@ from insight.grpo import (  # noqa: E402
     save_trainer_state,
     zero_advantage_share,
 )
-from insight.model import load_policy  # noqa: E402
-from insight.verifiers import verify  # noqa: E402
+from insight.policy.model import load_policy  # noqa: E402
+from insight.problems.verifiers import verify  # noqa: E402
 
 DEFAULTS = dict(
     init=str(ROOT / "checkpoints" / "tiny-arith"),

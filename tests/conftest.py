@@ -26,7 +26,7 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory):
     """A freshly initialised (untrained) tiny policy: enough to exercise the pipeline."""
-    from insight.model import build_tiny_policy, save_policy
+    from insight.policy.model import build_tiny_policy, save_policy
     path = tmp_path_factory.mktemp("policy") / "tiny"
     model, tok = build_tiny_policy(seed=0)
     save_policy(model, tok, path)

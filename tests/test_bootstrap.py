@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flows.cli_bootstrap import main
-from insight.bootstrap import BootstrapConfig, bootstrap
-from insight.model import load_policy
+from insight.policy.bootstrap import BootstrapConfig, bootstrap
+from insight.policy.model import load_policy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-arith"
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
@@ -56,7 +56,7 @@ def test_shipped_checkpoint_is_small_loadable_and_uncertain():
     # the warm start is deliberately uncertain: it solves many prompts only sometimes
     assert 0.1 < info["probe_avg_t1_accuracy"] < 0.8
     assert info["probe_intermediate_share"] > 0.3
-    from insight.generation import greedy_answers
+    from insight.policy.generation import greedy_answers
 
     # pinned greedy answers of the shipped weights (all correct; it still fails "1+1=")
     prompts = ["12+34=", "50-7=", "99+1=", "45+45=", "3-80="]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from insight.datasets import (
+from insight.problems.datasets import (
     ALPHABET,
     Problem,
     countdown_solutions,
@@ -22,7 +22,7 @@ from insight.datasets import (
     train_eval_split,
     validate_problems,
 )
-from insight.verifiers import parse_countdown_reference, verify
+from insight.problems.verifiers import parse_countdown_reference, verify
 
 # ------------------------------------------------------------------------- arithmetic
 

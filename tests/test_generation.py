@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from insight.datasets import Problem
-from insight.generation import (
+from insight.problems.datasets import Problem
+from insight.policy.generation import (
     HFEngine,
     Rollout,
     RolloutEngine,
@@ -15,7 +15,7 @@ from insight.generation import (
     generate_rollouts,
     greedy_answers,
 )
-from insight.model import build_char_tokenizer, build_tiny_policy
+from insight.policy.model import build_char_tokenizer, build_tiny_policy
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
@@ -109,7 +109,7 @@ def test_batched_and_single_prompt_greedy_decoding_agree():
 
 
 def test_sampled_logprob_matches_the_trainers_recomputation():
-    from insight.grpo import _collate, completion_logprobs, make_policy_batch
+    from insight.policy.grpo import _collate, completion_logprobs, make_policy_batch
 
     model, tok = build_tiny_policy(0, **SMALL)
     prompts = ["1+2=", "345-67="]
@@ -123,7 +123,7 @@ def test_sampled_logprob_matches_the_trainers_recomputation():
 
 
 def test_top_p_keeps_only_the_nucleus(tok):
-    from insight.generation import _sample_next
+    from insight.policy.generation import _sample_next
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from insight.grpo import (
+from insight.policy.grpo import (
     PolicyBatch,
     group_advantages,
     grpo_loss,
@@ -18,7 +18,7 @@ from insight.grpo import (
     save_trainer_state,
     zero_advantage_share,
 )
-from insight.model import build_tiny_policy
+from insight.policy.model import build_tiny_policy
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
@@ -193,7 +193,7 @@ def test_update_raises_logprob_of_advantaged_completions_and_reports_stats():
     bad = tok("-7-", add_special_tokens=False)["input_ids"]  # truncated, no token shared with good
     batch = PolicyBatch([prompt, prompt], [good, bad], [1.0, -1.0])
     opt = make_optimizer(model, 1e-3)
-    from insight.grpo import _collate, completion_logprobs
+    from insight.policy.grpo import _collate, completion_logprobs
 
     def seq_lp():
         with torch.no_grad():
@@ -258,7 +258,7 @@ def test_trainer_state_round_trip_keeps_adam_moments(tmp_path):
 
 
 def test_load_trainer_state_from_a_plain_policy_dir_starts_a_fresh_optimizer(tmp_path):
-    from insight.model import save_policy
+    from insight.policy.model import save_policy
 
     model, tok = build_tiny_policy(0, **SMALL)
     save_policy(model, tok, tmp_path / "p")

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from insight.datasets import ALPHABET
-from insight.model import (
+from insight.problems.datasets import ALPHABET
+from insight.policy.model import (
     BOS,
     EOS,
     PAD,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from insight.verifiers import VerifyResult, verify
+from insight.problems.verifiers import VerifyResult, verify
 
 # (completion, reference): every one of these must score 0
 HOSTILE_MATH = [
@@ -272,8 +272,9 @@ def test_long_hostile_text_is_graded_quickly(completion):
 def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix(monkeypatch):
     from types import SimpleNamespace
 
-    from insight import generation, stages
-    from insight.verifiers import MAX_COMPLETION_CHARS
+    from insight import stages
+    from insight.policy import generation
+    from insight.problems.verifiers import MAX_COMPLETION_CHARS
 
     hostile = "\\boxed{42}" + "9" * 1_000_000  # 1 MB, injected in place of a sampled one
     group = [generation.Rollout("\\boxed{42}", [5, 2], False), generation.Rollout(hostile, [7], True)]

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from insight.safe_math import ARITH_OPS, SafeMathError, evaluate, literals
+from insight.problems.safe_math import ARITH_OPS, SafeMathError, evaluate, literals
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insight import symbolic
-from insight.safe_math import SafeMathError
-from insight.symbolic import Verdict, compare, equivalent, to_source
+from insight.problems import symbolic
+from insight.problems.safe_math import SafeMathError
+from insight.problems.symbolic import Verdict, compare, equivalent, to_source
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_timeout_really_stops_the_check():
 
 
 def test_worker_memory_is_capped():
-    code = "from insight.symbolic import _cap_memory; _cap_memory(); bytearray(3 << 30)"
+    code = "from insight.problems.symbolic import _cap_memory; _cap_memory(); bytearray(3 << 30)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "MemoryError" in run.stderr
 

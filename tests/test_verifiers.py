@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insight.verifiers import (
+from insight.problems.verifiers import (
     MAX_COMPLETION_CHARS,
     VerifyResult,
     extract_final_answer,
@@ -238,7 +238,7 @@ def test_math_symbolically_different():
 
 
 def test_math_symbolic_timeout_is_reported(monkeypatch):
-    monkeypatch.setattr("insight.verifiers.SYMBOLIC_TIMEOUT_S", 0.01)
+    monkeypatch.setattr("insight.problems.verifiers.SYMBOLIC_TIMEOUT_S", 0.01)
     result = verify("math", "\\boxed{(w+x+y+z)^{30}(w-x+y-z)^{30}}", "((w+y)^2-(x+z)^2)^{30}")
     failed(result, "symbolic check timed out")
 

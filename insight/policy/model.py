@@ -25,7 +25,7 @@ import torch
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3 in this order
 
-# Fallback alphabet when insight.datasets is not importable: digits, operators, the
+# Fallback alphabet when insight.problems.datasets is not importable: digits, operators, the
 # usual punctuation of arithmetic / Countdown prompts, letters and space.
 _FALLBACK_ALPHABET = string.digits + "+-*/=()., " + string.ascii_letters + ":?"
 
@@ -42,12 +42,12 @@ TINY_DEFAULTS = dict(
 
 
 def default_alphabet() -> str:
-    """The character set of the generated tasks: insight.datasets.ALPHABET.
+    """The character set of the generated tasks: insight.problems.datasets.ALPHABET.
 
     Kept minimal on purpose: every vocabulary entry the task never uses is probability
     mass a sampled completion can waste. Characters outside it encode as <unk>."""
     try:  # the datasets module is owned by another part of the project
-        from insight.datasets import ALPHABET  # type: ignore
+        from insight.problems.datasets import ALPHABET  # type: ignore
 
         return _dedupe("".join(ALPHABET))
     except Exception:  # pragma: no cover - depends on the module being present

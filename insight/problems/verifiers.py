@@ -1,8 +1,8 @@
 """Verifiers: score a completion against a reference answer, safely.
 
 A verifier never runs model output. Expressions go through the restricted, bounded
-evaluator in :mod:`insight.safe_math`, math answers also through the whitelisted,
-time-limited symbolic checker in :mod:`insight.symbolic`; everything else is plain string
+evaluator in :mod:`insight.problems.safe_math`, math answers also through the whitelisted,
+time-limited symbolic checker in :mod:`insight.problems.symbolic`; everything else is plain string
 handling with bounded lengths and linear-time regexes. :func:`verify` never raises because
 of the *completion*: malformed or hostile text gives ``reward 0`` with ``error`` set. It
 does raise ``ValueError`` for programming/data errors: an unknown verifier name or a
@@ -56,7 +56,7 @@ Verifiers (``completion`` is the model's text after the prompt, EOS stripped):
     ``\\times``, ``^``, a trailing ``\\%`` or ``^\\circ``, a leading ``x =``) and, when
     both read as numbers through the safe evaluator, compared exactly (``0.5 == 1/2 ==
     \\frac{1}{2}``; ``2e3`` is not read: in math notation it is ``2*e*3``). Otherwise
-    equal normalized strings match, and as a last step :mod:`insight.symbolic` tries to
+    equal normalized strings match, and as a last step :mod:`insight.problems.symbolic` tries to
     prove the two equal with SymPy (``2\\sqrt{3} == \\sqrt{12}``, ``x+1 == 1+x``,
     ``\\sqrt{1764} == 42``): it reads them through a whitelisted syntax tree, never with
     ``eval``, and checks in a separate process killed after ``SYMBOLIC_TIMEOUT_S``. A
@@ -76,8 +76,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence
 
-from insight import safe_math, symbolic
-from insight.safe_math import SafeMathError
+from insight.problems import safe_math, symbolic
+from insight.problems.safe_math import SafeMathError
 
 __all__ = [
     "VerifyResult",

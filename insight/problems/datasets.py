@@ -295,7 +295,7 @@ def validate_problems(problems: Iterable[Problem]) -> None:
     usable reference for its verifier (canonical integer for "arithmetic", a solution
     or ``"numbers:target"`` spec for "countdown").
     """
-    from insight.verifiers import check_reference
+    from insight.problems.verifiers import check_reference
 
     errors: list[str] = []
     first_row: dict[str, int] = {}

@@ -2,8 +2,8 @@
 
     python -m flows.cli_bootstrap --out checkpoints/tiny-arith --seed 0 [--steps N]
 
-Trains a freshly built tiny policy (insight.model.build_tiny_policy) with teacher
-forcing on `prompt -> answer<eos>` pairs from insight.datasets.generate_arithmetic.
+Trains a freshly built tiny policy (insight.policy.model.build_tiny_policy) with teacher
+forcing on `prompt -> answer<eos>` pairs from insight.problems.datasets.generate_arithmetic.
 The warm start is deliberately left uncertain: a short schedule (1500 steps of 128) and
 label smoothing 0.1, so that sampling at temperature 1 solves many prompts only
 *sometimes* (its sampled accuracy sits well below its greedy accuracy). That is where
@@ -87,9 +87,9 @@ def bootstrap(cfg: BootstrapConfig, *, out: str | Path | None = None, device: st
     Returns (model, tokenizer, info) where info holds the config, the final SFT loss,
     held-out accuracies (greedy and avg@4 at temperature 1) on a fresh draw, and timing.
     """
-    from insight.datasets import generate_arithmetic
-    from insight.generation import evaluate_accuracy
-    from insight.model import build_tiny_policy, num_parameters, resolve_device, save_policy
+    from insight.problems.datasets import generate_arithmetic
+    from insight.policy.generation import evaluate_accuracy
+    from insight.policy.model import build_tiny_policy, num_parameters, resolve_device, save_policy
 
     dev = resolve_device(device)
     t0 = time.time()

@@ -382,7 +382,7 @@ def make_optimizer(model, lr: float, *, betas=(0.9, 0.999), eps: float = 1e-8, w
 
 def save_trainer_state(path, model, tokenizer, optimizer=None, *, extra: dict | None = None) -> Path:
     """Policy (save_pretrained) + optimizer state + a small JSON, in directory `path`."""
-    from insight.model import save_policy
+    from insight.policy.model import save_policy
 
     p = save_policy(model, tokenizer, path)
     state = dict(extra or {})
@@ -413,7 +413,7 @@ def load_trainer_state(
     """(model [train mode], tokenizer, optimizer) from a directory written by
     `save_trainer_state` or any policy directory (then the optimizer starts fresh).
     `lr` (and betas, eps, weight_decay) override what the saved state holds."""
-    from insight.model import load_policy
+    from insight.policy.model import load_policy
 
     model, tok = load_policy(path, device=device)
     model.train()

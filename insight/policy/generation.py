@@ -18,7 +18,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from insight.model import eos_ids
+from insight.policy.model import eos_ids
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class HFEngine:
 
     @classmethod
     def from_path(cls, path, device: str = "auto", batch_size: int = 256) -> "HFEngine":
-        from insight.model import load_policy
+        from insight.policy.model import load_policy
 
         model, tok = load_policy(path, device=device)
         return cls(model, tok, batch_size=batch_size)
@@ -272,7 +272,7 @@ class VLLMEngine:
                 "VLLMEngine needs vLLM: pip install 'insight-rlvr[gpu]' (GPU machines only); "
                 "use HFEngine on CPU"
             ) from e
-        from insight.model import check_model_dir, load_tokenizer
+        from insight.policy.model import check_model_dir, load_tokenizer
 
         p = check_model_dir(path)
         self.tokenizer = load_tokenizer(p)
@@ -308,7 +308,7 @@ class VLLMEngine:
 
 
 def _verify(problem, completion: str):
-    from insight.verifiers import verify
+    from insight.problems.verifiers import verify
 
     return verify(problem.verifier, completion, problem.answer)
 
@@ -327,7 +327,7 @@ def evaluate_accuracy(
     batch_size: int = 512,
 ) -> dict:
     """Held-out accuracy of the policy on `problems` (objects with prompt_id, prompt,
-    answer, verifier), verified with `insight.verifiers.verify`.
+    answer, verifier), verified with `insight.problems.verifiers.verify`.
 
     greedy=True: one argmax completion per problem (n_samples ignored); accuracy is the
     share of problems solved. Otherwise avg@n: n_samples sampled completions per

@@ -1,7 +1,7 @@
 """Symbolic equivalence of two short math answers, without evaluating either of them.
 
 Why this exists: the ``math`` verifier compares final answers exactly as numbers (through
-:mod:`insight.safe_math`) or as normalized strings, so ``2\\sqrt{3}`` against
+:mod:`insight.problems.safe_math`) or as normalized strings, so ``2\\sqrt{3}`` against
 ``\\sqrt{12}``, ``1+x`` against ``x+1`` or ``x^2+2x+1`` against ``(x+1)^2`` would be
 scored wrong. SymPy can prove such pairs equal, but it may not see model output directly:
 its string readers (``sympify``, ``parse_expr``) call ``eval``, and its ``simplify`` can
@@ -51,8 +51,8 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
-from insight import safe_math
-from insight.safe_math import SafeMathError
+from insight.problems import safe_math
+from insight.problems.safe_math import SafeMathError
 
 __all__ = ["Verdict", "compare", "equivalent", "to_source", "DEFAULT_TIMEOUT_S", "MAX_DEPTH"]
 
