@@ -8,7 +8,7 @@ run with the same config: model, data, k, batch size, rounds, evaluation schedul
 run seed s for every selector. Runs live in ``D/runs/<selector>-s<seed>``; running the
 command again with the same ``--out`` skips finished runs and continues unfinished ones
 (the training flow resumes from the first uncommitted round), and a run whose setup
-changed is refused, not spliced. Then ``insight.bench_analysis`` turns the runs' stores
+changed is refused, not spliced. Then ``insight.report.bench_analysis`` turns the runs' stores
 into ``D/results.json``, ``D/results.md`` and ``D/curves.png``.
 
 Execution: ``--workers 1`` trains the runs one after another in this process (one Prefect
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flows import env  # noqa: F401  (Prefect/MLflow defaults before their import)
-from insight import bench_analysis as ba
+from insight.report import bench_analysis as ba
 
 DEFAULT_SELECTORS = ("insight", "uniform", "mopps", "dynamic-sampling", "difficulty")
 DEFAULT_SEEDS = 3

@@ -121,7 +121,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_bench_overhead(args) -> int:
-    from insight.bench_overhead import run_overhead_benchmark
+    from insight.report.bench_overhead import run_overhead_benchmark
     result = run_overhead_benchmark(n_prompts=args.n, k=args.k, repeats=args.repeats)
     print(json.dumps(result))
     return 0

@@ -1,5 +1,5 @@
-"""`insight audit`: its arguments, and the glue from them to `insight.audit`'s queries
-and `insight.audit_text`'s reports.
+"""`insight audit`: its arguments, and the glue from them to `insight.report.audit`'s queries
+and `insight.report.audit_text`'s reports.
 
 The library answers with tables and text; this module only turns a command line into
 those calls and a bad run directory, round or prompt id into one error line (exit 2).
@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from insight import audit
-from insight.audit_text import (DEFAULT_TABLE_ROWS, never_selected_report, prompt_report,
+from insight.report import audit
+from insight.report.audit_text import (DEFAULT_TABLE_ROWS, never_selected_report, prompt_report,
                                 round_report)
 
 

@@ -1,4 +1,4 @@
-"""`insight score`: its arguments, and the glue from them to `insight.score_io.score_file`.
+"""`insight score`: its arguments, and the glue from them to `insight.report.score_io.score_file`.
 
 The library takes plain keyword arguments; this module only turns a command line into
 that call (selectors repeatable or comma separated) and prints the output path.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from insight.selection.registry import NAMES as SELECTORS
-from insight.score_io import score_file
+from insight.report.score_io import score_file
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """`insight bench simulate`: the SIMULATION sweep's arguments, and the glue from them to
-`insight.simulate` / `insight.simulate_sweep` (progress lines, the table, the files).
+`insight.report.simulate` / `insight.report.simulate_sweep` (progress lines, the table, the files).
 
 The library takes a `SimConfig`, `Variant`s and seeds; this module turns a command line
 into those (lists are comma- or space-separated; `--grid KEY=V1,V2` sweeps any other
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from insight.simulate import DEFAULT_SELECTORS, DISCLAIMER, LABEL, SimConfig
-from insight.simulate_sweep import expand_grid, results_table, sweep, write_outputs
+from insight.report.simulate import DEFAULT_SELECTORS, DISCLAIMER, LABEL, SimConfig
+from insight.report.simulate_sweep import expand_grid, results_table, sweep, write_outputs
 
 
 def _floats(text: str) -> list[float]:

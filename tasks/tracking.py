@@ -115,7 +115,7 @@ def round_plots(run: Run, round_: int) -> Path | None:
     """The round's plots (run_dir/plots/round_NNNNN/): score vs posterior mean every
     round; posterior means, the selection heat map and calibration every 10 rounds and
     at the last one."""
-    from insight.plots import make_round_plots
+    from insight.report.plots import make_round_plots
     out = run.run_dir / "plots" / f"round_{round_:05d}"
     paths = make_round_plots(run.run_dir, round_, out, every=10,
                              final=round_ == run.config.rounds)

@@ -28,7 +28,7 @@ import pytest
 from scipy.special import betaln, digamma, gammaln
 
 from flows import cli_audit
-from insight import audit, audit_text
+from insight.report import audit, audit_text
 from insight.store import DB_NAME, RunStore, round_dir
 
 RUN_ID = "run-audit"

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from insight import bench_analysis as ba
+from insight.report import bench_analysis as ba
 
 XS = [0, 100, 200, 300]
 YS = [0.40, 0.45, 0.55, 0.52]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from matplotlib.image import imread
 
-from insight import plots
+from insight.report import plots
 from insight.store import DB_NAME, RunStore
 from tests.test_audit import BATCH, ROUNDS, build_run
 
@@ -136,7 +136,7 @@ def test_a_run_with_only_the_prior_still_plots(tmp_path):
 def test_plotting_does_not_load_pyplot(run_dir, tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        from insight import plots
+        from insight.report import plots
         plots.plot_score_vs_mean({str(run_dir)!r}, {ROUNDS}, {str(tmp_path / "sv.png")!r})
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         print("ok")
@@ -148,6 +148,6 @@ def test_plotting_does_not_load_pyplot(run_dir, tmp_path):
 
 def test_selected_count_in_the_title_matches_the_round(run_dir):
     # the data behind the score plot: BATCH selected in a plain round
-    from insight.audit import round_candidates
+    from insight.report.audit import round_candidates
     t = round_candidates(run_dir, 2)
     assert sum(t.column("selected").to_pylist()) == BATCH

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli_score import add_score_arguments, run_score
-from insight.score_io import score_file
+from insight.report.score_io import score_file
 from insight.selection import registry
 
 

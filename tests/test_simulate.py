@@ -1,4 +1,4 @@
-"""The learning-dynamics SIMULATOR (insight/simulate.py, insight/simulate_sweep.py): its
+"""The learning-dynamics SIMULATOR (insight/report/simulate.py, insight/report/simulate_sweep.py): its
 model's invariants, its bookkeeping of rollouts, determinism, and that every output says
 SIMULATION."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from flows import cli_simulate
-from insight import simulate as S
-from insight import simulate_sweep as SW
+from insight.report import simulate as S
+from insight.report import simulate_sweep as SW
 
 # Small world: a run is a few dozen rounds, so the whole file stays fast.
 SMALL = S.SimConfig(n_prompts=128, n_heldout=128, batch_size=8, k=4, budget=1_600,

@@ -75,7 +75,7 @@ so differences between selectors are not noise in the pool.
 
 API: `SimConfig`, `Variant`, `World`, `run_simulation(sim, variant, seed)` here (the model
 and one run); `expand_grid(selectors, grid)`, `sweep(sim, variants, seeds)`,
-`summarize(...)` and `write_outputs(...)` in `insight.simulate_sweep`; the command line
+`summarize(...)` and `write_outputs(...)` in `insight.report.simulate_sweep`; the command line
 `insight bench simulate` in `flows.cli_simulate`.
 """
 
@@ -90,7 +90,7 @@ import numpy as np
 
 LABEL = "SIMULATION"
 DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
-              "(see insight/simulate.py); no model was trained or evaluated.")
+              "(see insight/report/simulate.py); no model was trained or evaluated.")
 
 POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior")
 DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")

@@ -1,6 +1,6 @@
 """SIMULATION sweeps: every variant on every seed, their summary, and the files written.
 
-THIS IS A SIMULATION, NOT A MEASUREMENT (see `insight.simulate`, the toy model and one
+THIS IS A SIMULATION, NOT A MEASUREMENT (see `insight.report.simulate`, the toy model and one
 run). This module runs that model over a grid of selector configurations and seeds
 (`expand_grid`, `sweep`), aggregates the runs per variant with speedups against uniform
 (`summarize`), and writes what `insight bench simulate` leaves behind: a Markdown table
@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from insight.selection.registry import get as selector_spec, parse_selector_config
-from insight.simulate import (DISCLAIMER, LABEL, POSTERIOR_KEYS, SimConfig, Variant,
+from insight.report.simulate import (DISCLAIMER, LABEL, POSTERIOR_KEYS, SimConfig, Variant,
                               posterior_params, run_simulation)
 
 

@@ -1,4 +1,4 @@
-"""Selection plots, drawn from a run's published Parquet (the same files `insight.audit`
+"""Selection plots, drawn from a run's published Parquet (the same files `insight.report.audit`
 reads, so plotting never touches `insight.duckdb` and is safe while a run trains).
 
 Matplotlib is used through `Figure` objects with the Agg canvas, never through pyplot:
@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from insight.audit import Need, RunView, published_rounds, round_candidates, with_view
+from insight.report.audit import Need, RunView, published_rounds, round_candidates, with_view
 
 DPI = 100
 MAX_LEVELS = 8            # difficulty levels drawn as separate bands

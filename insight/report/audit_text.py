@@ -1,6 +1,6 @@
 """The words of an audit: why a prompt was (not) selected, and audit results as text.
 
-`insight.audit` answers the questions (tables and dicts read from the published Parquet);
+`insight.report.audit` answers the questions (tables and dicts read from the published Parquet);
 this module says the answers in words and lays them out, so that the queries stay free of
 presentation and the sentences can be tested on hand-made rows:
 
@@ -115,7 +115,7 @@ def _times(n: int) -> str:
 
 def explain_history(rows: list[dict], split: str | None, trainable: bool) -> str:
     """One line on a prompt's selection state, from its per-round history (the rows of
-    `insight.audit.prompt_history`): selected last round, or why not, and since when."""
+    `insight.report.audit.prompt_history`): selected last round, or why not, and since when."""
     last_round = rows[-1]["round"] if rows else 0
     if not trainable:
         kind = f"a {split!r} prompt" if split else "not a training prompt"
@@ -237,7 +237,7 @@ def shown_rows(table: pa.Table, limit: int | None, *, as_json: bool = False,
 
 def round_report(run_dir, round_: int, table: pa.Table, *, as_json: bool = False,
                  limit: int | None = None) -> str:
-    """A round's candidates (`insight.audit.round_candidates`): a headline (candidates,
+    """A round's candidates (`insight.report.audit.round_candidates`): a headline (candidates,
     selected, selector) and the ranking, as a table or JSON."""
     shown = shown_rows(table, limit, as_json=as_json)
     n_sel = sum(1 for s in table.column("selected").to_pylist() if s)
@@ -256,7 +256,7 @@ def round_report(run_dir, round_: int, table: pa.Table, *, as_json: bool = False
 
 def prompt_report(run_dir, history: dict[str, Any], *, as_json: bool = False,
                   limit: int | None = None) -> str:
-    """A prompt's history (`insight.audit.prompt_history`): its text, answer, tallies and
+    """A prompt's history (`insight.report.audit.prompt_history`): its text, answer, tallies and
     explanation, then its most recent `limit` rounds, as a table or JSON."""
     h = history
     rounds = h["rounds"]
@@ -283,7 +283,7 @@ def prompt_report(run_dir, history: dict[str, Any], *, as_json: bool = False,
 
 def never_selected_report(run_dir, table: pa.Table, *, as_json: bool = False,
                           limit: int | None = None) -> str:
-    """The never-selected prompts (`insight.audit.never_selected`): a count per reason,
+    """The never-selected prompts (`insight.report.audit.never_selected`): a count per reason,
     then the prompts closest to the cut first, as a table or JSON."""
     shown = shown_rows(table, limit, as_json=as_json)
     if as_json:

@@ -15,9 +15,9 @@ Conventions used throughout:
   posterior mean the selector saw, `post_mean` the mean after round r's update.
 
 Public API: `published_rounds`, `round_candidates`, `prompt_history`, `never_selected`;
-`RunView` / `with_view` / `Need` for other readers of the same files (`insight.plots`).
+`RunView` / `with_view` / `Need` for other readers of the same files (`insight.report.plots`).
 The words (explanations, tables, JSON, what `insight audit` prints) are in
-`insight.audit_text`; the command's arguments in `flows.cli_audit`.
+`insight.report.audit_text`; the command's arguments in `flows.cli_audit`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import duckdb
 import pyarrow as pa
 
-from insight.audit_text import (explain_history, format_ranges, reason_not_selected,
+from insight.report.audit_text import (explain_history, format_ranges, reason_not_selected,
                                 why_not_selected)
 from insight.store import PARQUET_DIR, ROUND_TABLES, SCHEMA
 
