@@ -70,13 +70,13 @@ def cmd_resume(args) -> int:
 
 
 def _train(run, rounds: int, max_new_rounds: int | None) -> int:
-    from flows.train import train_flow
+    from flows.train import train_from_cli
 
     print(f"run {run.run_id} in {run.run_dir}  selector={run.config.selector.type} "
           f"k={run.config.rollout.k} B={run.config.rollout.batch_size} rounds={rounds}",
           flush=True)
     t0 = time.time()
-    summary = train_flow(str(run.run_dir), rounds=rounds, max_new_rounds=max_new_rounds)
+    summary = train_from_cli(str(run.run_dir), rounds, max_new_rounds)
     summary["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary), flush=True)
     return 0
@@ -84,10 +84,10 @@ def _train(run, rounds: int, max_new_rounds: int | None) -> int:
 
 def cmd_sync_mlflow(args) -> int:
     from insight.run import load_run
-    from tasks.tracking import sync, tracking_uri
+    from tasks.tracking import sync_or_explain, tracking_uri
 
     run = load_run(args.run_dir)
-    done = sync(run, uri=args.tracking_uri)
+    done = sync_or_explain(run, uri=args.tracking_uri)
     print(json.dumps({"run_id": run.run_id, "tracking_uri": tracking_uri(run, args.tracking_uri),
                       "rounds_logged": done}))
     return 0
@@ -201,22 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from insight.runlock import RunLockedError
+# Errors that end a command with one line and an exit status instead of a traceback
+# (INSIGHT_DEBUG=1 shows it): (module, class name, exit status). Looked up by module so
+# that `insight score` need not import Prefect or MLflow to recognise their errors; a
+# module never imported cannot have raised its error.
+_ONE_LINE_ERRORS = (
+    ("insight.runlock", "RunLockedError", 3),           # another process trains this run
+    ("flows.train", "TrainingFailed", 1),                # traceback is in the run's log
+    ("tasks.tracking", "TrackingUnavailable", 2),        # MLflow unreachable or refusing
+    ("builtins", "NotADirectoryError", 2),               # a file given as a run directory
+    ("builtins", "FileNotFoundError", 2),                # no run, no model, no input
+    ("builtins", "ValueError", 2),                       # bad config, bad data
+)
 
+
+def _exit_status(err: BaseException) -> int | None:
+    for module, name, status in _ONE_LINE_ERRORS:
+        kind = getattr(sys.modules.get(module), name, None)
+        if kind is not None and isinstance(err, kind):
+            return status
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except RunLockedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as err:
-        # Bad config, bad data, a missing model path: say what and where, no traceback
-        # (INSIGHT_DEBUG=1 shows it).
-        if os.environ.get("INSIGHT_DEBUG"):
+    except Exception as err:
+        status = _exit_status(err)
+        if status is None or os.environ.get("INSIGHT_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return status
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Process-wide defaults for the embedded mode, set before Prefect or MLflow is imported.
 
 Prefect runs on its ephemeral API (no server to start) unless PREFECT_API_URL is set;
-telemetry is off and its logs are quiet so the per-round progress line is readable.
+telemetry is off and its logs (and MLflow's) are quiet so the per-round progress line is
+readable.
 Every default yields to a value the user already exported.
 """
 
@@ -18,6 +19,9 @@ DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow's INFO lines ("Creating initial MLflow database tables...") would land
+    # between the progress lines and the one-line error on the terminal.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "GIT_PYTHON_REFRESH": "quiet",
 }
 

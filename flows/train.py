@@ -7,8 +7,12 @@ was committed, so a flow run killed at any point is resumed by simply running it
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 from flows import env  # noqa: F401  (Prefect/MLflow defaults before their import)
 from prefect import flow, task
@@ -20,7 +24,7 @@ from insight.runlock import training_lock
 from insight.stages import ensure_published
 from insight.store import RunStore
 from tasks import stages as t
-from tasks.tracking import try_sync
+from tasks.tracking import try_end, try_sync
 
 STAGES = (("select", t.select_task), ("rollout", t.rollout_task),
           ("posterior", t.posterior_task), ("train", t.train_task), ("eval", t.eval_task))
@@ -74,26 +78,100 @@ def train_flow(run_dir: str, rounds: int | None = None, max_new_rounds: int | No
     target = rounds or run.config.rounds
     flow_run_id = _flow_run_id()
     with training_lock(run.run_dir):
-        ensure_published(run)
-        with RunStore(run.run_dir) as db:
-            committed = db.committed_rounds(run.run_id)
-        if 0 not in committed:
-            init = t.initial_round_task(str(run.run_dir))
-            _say(progress, f"round   0/{target}  initial held-out accuracy "
-                           f"{init['heldout_accuracy']:.3f}")
-        start = (max(committed) if committed else 0) + 1
-        end = target if max_new_rounds is None else min(target, start + max_new_rounds - 1)
-        if start > end:
-            _say(progress, f"nothing to do: {start - 1} rounds committed, target {target}")
-        for r in range(start, end + 1):
-            metrics = run_round(str(run.run_dir), r, flow_run_id)
-            warning = track_task(str(run.run_dir), r, flow_run_id)
-            _say(progress, format_progress(r, target, metrics))
-            if warning:
-                _say(progress, f"  warning: {warning}")
+        # Only the lock holder ends the MLflow run: a flow refused by the lock must not
+        # mark FAILED the run another process is training.
+        try:
+            _train_rounds(run, target, max_new_rounds, flow_run_id, progress)
+        except BaseException as err:
+            try_end(run, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                    flow_run_id)
+            raise
+        warning = try_end(run, "FINISHED", flow_run_id)
+        if warning:
+            _say(progress, f"  warning: {warning}")
     return summarize(run)
+
+
+def _train_rounds(run, target: int, max_new_rounds: int | None, flow_run_id: str | None,
+                  progress: bool) -> None:
+    ensure_published(run)
+    with RunStore(run.run_dir) as db:
+        committed = db.committed_rounds(run.run_id)
+    if 0 not in committed:
+        init = t.initial_round_task(str(run.run_dir))
+        _say(progress, f"round   0/{target}  initial held-out accuracy "
+                       f"{init['heldout_accuracy']:.3f}")
+    start = (max(committed) if committed else 0) + 1
+    end = target if max_new_rounds is None else min(target, start + max_new_rounds - 1)
+    if start > end:
+        _say(progress, f"nothing to do: {start - 1} rounds committed, target {target}")
+    for r in range(start, end + 1):
+        metrics = run_round(str(run.run_dir), r, flow_run_id)
+        warning = track_task(str(run.run_dir), r, flow_run_id)
+        _say(progress, format_progress(r, target, metrics))
+        if warning:
+            _say(progress, f"  warning: {warning}")
 
 
 def _say(enabled: bool, line: str) -> None:
     if enabled:
         print(line, file=sys.stdout, flush=True)
+
+
+RUN_LOG = "insight.log"  # per run directory, appended to by every command-line training
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on an error inside the flow. The message is one line for the
+    terminal; the traceback is in the run's log file."""
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and \
+        not isinstance(handler, logging.FileHandler)
+
+
+@contextmanager
+def logs_in_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Send log records to `<run_dir>/insight.log` instead of the terminal while the flow
+    runs. Prefect logs a failed task or flow with its full traceback (20-90 lines); the
+    terminal should show the progress lines and one error line, the log keeps the detail.
+    Console handlers are muted by a filter (not removed) because Prefect may reconfigure
+    logging incrementally when its ephemeral server starts, which keeps handlers."""
+    path = Path(run_dir) / RUN_LOG
+    to_file = logging.FileHandler(path, encoding="utf-8", delay=True)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    muted = [h for h in root.handlers if _writes_to_terminal(h)]
+    for handler in muted:
+        handler.addFilter(_drop)
+    root.addHandler(to_file)
+    try:
+        yield path
+    finally:
+        root.removeHandler(to_file)
+        to_file.close()
+        for handler in muted:
+            handler.removeFilter(_drop)
+
+
+def train_from_cli(run_dir: str, rounds: int, max_new_rounds: int | None) -> dict:
+    """`train_flow` for the command line: logs in the run directory, and a failure inside
+    the flow raised as one line naming the log. Errors that are the user's to fix
+    (ValueError, a missing file, a held lock) pass through as they are."""
+    from insight.runlock import RunLockedError
+
+    with logs_in_run_dir(run_dir) as log_path:
+        try:
+            return train_flow(run_dir, rounds=rounds, max_new_rounds=max_new_rounds)
+        except (ValueError, FileNotFoundError, RunLockedError):
+            raise
+        except Exception as err:
+            logging.getLogger("insight.train").error("training failed", exc_info=True)
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise TrainingFailed(f"training failed: {type(err).__name__}: {first} "
+                                 f"(traceback in {log_path})") from err

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from insight.problems import datasets
 from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
-from insight.store import RunStore, utcnow
+from insight.store import DB_NAME, RunStore, utcnow
 
 EVAL_SPLIT_SEED_OFFSET = 7919  # held-out split drawn from a different stream than training
 
@@ -88,6 +88,10 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
     run_dir = Path(run_dir).resolve()
     check_policy_path(cfg)
     train, held_out = build_problems(cfg)
+    if cfg.rollout.batch_size > len(train):
+        # Selection would quietly take the whole pool every round: not the experiment asked for.
+        raise ValueError(f"rollout.batch_size {cfg.rollout.batch_size} is larger than the "
+                         f"training pool of {len(train)} prompts")
     dh = data_hash(train, held_out)
     with RunStore(run_dir) as db:
         existing = db.get_run()
@@ -115,8 +119,13 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Reopen an existing run with its stored config (used by every stage)."""
+    """Reopen an existing run with its stored config (used by every stage). Reading
+    never creates: a path without a run database is refused before DuckDB would make one."""
     run_dir = Path(run_dir).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"not a run directory (it is a file): {run_dir}")
+    if not (run_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"no run in {run_dir} (start one with `insight train`)")
     with RunStore(run_dir) as db:
         row = db.get_run()
     if row is None:

@@ -81,6 +81,9 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None 
                        [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow(), tracking_uri(run, uri)])
     if flow_run_id:
         client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
+        # A resumed training reopens the MLflow run an earlier flow run ended.
+        if client.get_run(mlflow_run_id).info.status != "RUNNING":
+            client.update_run(mlflow_run_id, status="RUNNING")
     return mlflow_run_id
 
 
@@ -141,6 +144,39 @@ def sync(run: Run, flow_run_id: str | None = None, uri: str | None = None) -> li
     return done
 
 
+class TrackingUnavailable(RuntimeError):
+    """MLflow could not be reached or refused its store. Nothing is lost: the run store
+    keeps every round, and a later `insight sync-mlflow` logs what this one could not."""
+
+
+def sync_or_explain(run: Run, uri: str | None = None) -> list[int]:
+    """`sync`, with a failure of MLflow itself (unreachable server, a store it refuses)
+    turned into one line that names the tracking URI and the underlying cause."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return sync(run, uri=uri)
+    except (MlflowException, OSError) as err:
+        raise TrackingUnavailable(explain_failure(err, tracking_uri(run, uri))) from err
+
+
+def explain_failure(err: BaseException, uri: str) -> str:
+    """One line for a failed MLflow call: which store, and the innermost cause (the
+    refused connection, the unknown host) rather than MLflow's wrapped retry report."""
+    if "filesystem tracking backend" in str(err):
+        import mlflow
+        return (f"MLflow {mlflow.__version__} no longer accepts file stores ({uri}); log to "
+                "a database store instead, e.g. --tracking-uri sqlite:///PATH/mlflow.db "
+                "(or set MLFLOW_ALLOW_FILE_STORE=true to use the file store anyway)")
+    cause = err
+    while (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(cause).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"cannot log to MLflow at {uri} ({type(cause).__name__}: {text}); the run store " \
+           "keeps every round, run `insight sync-mlflow` again once MLflow is reachable"
+
+
 def try_sync(run: Run, flow_run_id: str | None = None) -> str | None:
     """Best effort during training: on any tracking failure, warn and carry on; the
     store keeps everything and `insight sync-mlflow` backfills later."""
@@ -152,5 +188,21 @@ def try_sync(run: Run, flow_run_id: str | None = None) -> str | None:
     except Exception as err:  # noqa: BLE001 - tracking must never stop training
         msg = f"MLflow tracking failed ({type(err).__name__}: {err}); training continues, " \
               f"run `insight sync-mlflow --run-dir {run.run_dir}` to backfill"
+        log.warning(msg)
+        return msg
+
+
+def try_end(run: Run, status: str, flow_run_id: str | None = None) -> str | None:
+    """Best effort when a training flow run ends: set the MLflow run's status (FINISHED,
+    FAILED, KILLED) and end time, so a finished training does not look RUNNING forever.
+    Like `try_sync`, a tracking failure is a warning, never a reason to fail the flow."""
+    if not run.config.tracking.enabled:
+        return None
+    try:
+        mlflow_run_id = ensure_mlflow_run(run, flow_run_id)
+        _client(run).set_terminated(mlflow_run_id, status=status)
+        return None
+    except Exception as err:  # noqa: BLE001 - tracking must never stop training
+        msg = f"MLflow run status not set to {status} ({type(err).__name__}: {err})"
         log.warning(msg)
         return msg

@@ -173,7 +173,8 @@ def _schema_columns(table: str) -> dict[str, str]:
 def with_view(run_dir, need: dict[str, Need] | None,
               fn: Callable[[RunView], T]) -> T:
     """Run `fn` on a fresh view; retry if a round folder vanished under us (a round being
-    re-published by `ensure_published` replaces its folder)."""
+    re-published by `ensure_published` replaces its folder). A file DuckDB cannot read
+    (truncated, corrupt) is the user's to fix, so it is reported as one line naming it."""
     for attempt in range(3):
         view = None
         try:
@@ -181,11 +182,18 @@ def with_view(run_dir, need: dict[str, Need] | None,
             return fn(view)
         except (duckdb.IOException, duckdb.InvalidInputException) as err:
             if attempt == 2 or "No such file" not in str(err) and "not found" not in str(err):
-                raise
+                raise ValueError(f"cannot read the published Parquet of {run_dir}: "
+                                 f"{_duckdb_reason(err)}") from err
         finally:
             if view is not None:
                 view.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _duckdb_reason(err: Exception) -> str:
+    """DuckDB's message without its error-class prefix, first line only."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return re.sub(r"^(Invalid Input|IO) Error: ", "", text)
 
 
 def _check_round(run_dir, round_: int, rounds: list[int]) -> None:

@@ -16,6 +16,7 @@ The command's arguments are parsed in `flows.cli_score`; `score_file` is the who
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,7 @@ def score_file(in_path, out_path, selectors: list[str], k: int, *, seed: int = 0
     a0 = 1.0 if a0 is None else float(a0)
     b0 = 1.0 if b0 is None else float(b0)
     batch_size = params.pop("batch_size", None)
+    _refuse_overwriting_input(in_path, out_path)
     if isinstance(selectors, str):
         selectors = [s.strip() for s in selectors.split(",") if s.strip()]
     ids, alpha, beta, kcol = load_posteriors(read_table(in_path), a0=a0, b0=b0)
@@ -178,3 +180,11 @@ def score_file(in_path, out_path, selectors: list[str], k: int, *, seed: int = 0
         pq.write_table(out, out_path)
     return out_path
 
+
+def _refuse_overwriting_input(in_path, out_path) -> None:
+    """Writing the scores over the posteriors they came from would destroy the input;
+    compare resolved paths (and the file itself, for links) so `./in.csv` is caught."""
+    src, dst = Path(in_path).resolve(), Path(out_path).resolve()
+    if src == dst or (src.exists() and dst.exists() and os.path.samefile(src, dst)):
+        raise ValueError(f"output {out_path} is the input file {in_path}; "
+                         "choose another output path")
