@@ -34,6 +34,7 @@ from insight.audit import Need, _RunView, _with_view, published_rounds, round_ca
 DPI = 100
 MAX_LEVELS = 8            # difficulty levels drawn as separate bands
 MAX_HEATMAP_ROWS = 1000   # above this, prompts are pooled into bins of rows
+MAX_COUNT_LABELS = 100   # score plot: points labelled with their prompt count
 
 
 def _figure(width: float = 8.0, height: float = 5.0, **margins) -> Figure:
@@ -188,14 +189,16 @@ def plot_score_vs_mean(run_dir: str | Path, round_: int, out_png: str | Path) ->
             ax.scatter(x[n_sel > 0], y[n_sel > 0], s=36 * np.sqrt(n_sel[n_sel > 0]),
                        c="C3", marker=marker, edgecolors="k", linewidths=0.5, zorder=3,
                        label="selected" + suffix)
-        for xi, yi, ns, nn in zip(x, y, n_sel, n_not):
+        # label the fullest points (a large pool can have thousands of small stacks)
+        for i in np.argsort(-(n_sel + n_not), kind="stable")[:MAX_COUNT_LABELS]:
+            ns, nn = n_sel[i], n_not[i]
             if ns and nn:        # a tie at the cut: some prompts of one posterior taken
                 text = f"{ns} of {ns + nn} selected"
             elif ns + nn > 1:
                 text = str(ns + nn)
             else:
-                continue
-            ax.annotate(text, (xi, yi), xytext=(5, 4), textcoords="offset points",
+                break
+            ax.annotate(text, (x[i], y[i]), xytext=(5, 4), textcoords="offset points",
                         fontsize=7, color="C3" if ns else "0.3", zorder=4)
     if (sel & ok & (batch == 0)).any():
         cut = score[sel & ok & (batch == 0)].min()
