@@ -95,3 +95,22 @@ def test_plots_and_tables_are_stored_once_in_the_run_directory(resumed_past_the_
         inodes.setdefault(p.stat().st_ino, p.stat().st_size)
     plots_bytes = sum(p.stat().st_size for p in (run.run_dir / "plots").rglob("*.png"))
     assert sum(inodes.values()) == plots_bytes  # MLflow's names add no bytes
+
+
+def test_to_a_remote_artifact_store_the_same_files_are_uploaded(resumed_past_the_plan,
+                                                                 tmp_path, monkeypatch):
+    import tasks.tracking as tracking
+    from mlflow.tracking import MlflowClient
+    run, _ = resumed_past_the_plan
+    monkeypatch.setattr(tracking, "_local_artifact_dir", lambda client, run_id: None)
+    uri = f"sqlite:///{tmp_path / 'remote.db'}"
+    mlflow_run_id = tracking.ensure_mlflow_run(run, uri=uri)
+    tracking.log_round(run, ROUNDS, mlflow_run_id, uri)
+    client = MlflowClient(tracking_uri=uri)
+    tag = f"round_{ROUNDS:05d}"
+    listed = {a.path for a in client.list_artifacts(mlflow_run_id, "plots")}
+    assert {f"plots/{name}" for name in CURRENT} <= listed and f"plots/{tag}" in listed
+    assert [a.path for a in client.list_artifacts(mlflow_run_id, f"plots/{tag}")] == \
+        [f"plots/{tag}/score_vs_mean_{tag}.png"]
+    tables = {a.path for a in client.list_artifacts(mlflow_run_id, f"rounds/{tag}")}
+    assert f"rounds/{tag}/selections.parquet" in tables
