@@ -97,11 +97,10 @@ def test_plots_and_tables_are_stored_once_in_the_run_directory(resumed_past_the_
     assert sum(inodes.values()) == plots_bytes  # MLflow's names add no bytes
 
 
-def test_to_a_remote_artifact_store_the_same_files_are_uploaded(resumed_past_the_plan,
-                                                                 tmp_path, monkeypatch):
+def test_to_a_remote_artifact_store_the_same_files_are_uploaded(tmp_path, monkeypatch):
     import tasks.tracking as tracking
     from mlflow.tracking import MlflowClient
-    run, _ = resumed_past_the_plan
+    run = _synthetic_run(tmp_path / "run", rounds=ROUNDS - 2, eval={"every": 4})
     monkeypatch.setattr(tracking, "_local_artifact_dir", lambda client, run_id: None)
     uri = f"sqlite:///{tmp_path / 'remote.db'}"
     mlflow_run_id = tracking.ensure_mlflow_run(run, uri=uri)
