@@ -74,7 +74,11 @@ def format_progress(round_: int, target: int, m: dict) -> str:
 
 
 def summarize(run) -> dict:
-    """The JSON summary `insight train` prints last: what a script needs to compare runs."""
+    """The JSON summary `insight train` prints last: what a script needs to compare runs.
+
+    `final_accuracy` is the last *evaluated* committed round's, which need not be the last
+    round (evaluation runs every `eval.every` rounds and at the configured last one; a run
+    resumed past it ends between evaluations), so `final_accuracy_round` says which."""
     with RunStore(run.run_dir) as db:
         rounds = db.committed_rounds(run.run_id)
         evals = db.sql("SELECT e.round, e.accuracy, e.greedy_accuracy FROM evals e JOIN rounds r "
@@ -97,6 +101,7 @@ def summarize(run) -> dict:
         "rollouts": int(agg["rollouts"]),
         "initial_accuracy": first.get("accuracy"),
         "final_accuracy": last.get("accuracy"),
+        "final_accuracy_round": last.get("round"),
         "initial_greedy_accuracy": first.get("greedy_accuracy"),
         "final_greedy_accuracy": last.get("greedy_accuracy"),
         "zero_adv_share_mean": agg["z"],

@@ -1,6 +1,8 @@
-"""Selection plots from the published Parquet: each one writes a readable PNG, the
-per-round set has the documented cadence, and nothing goes through pyplot or opens
-`insight.duckdb`. (Speed is measured by benchmarks, not asserted here.)"""
+"""Selection plots from the published Parquet: each one writes a readable PNG, shows
+what it claims (the rounds it is drawn through, counts where points coincide, a key to
+every colour), the per-round set has the documented cadence and stores each file once,
+and nothing goes through pyplot or opens `insight.duckdb`. (Speed is measured, not
+asserted here.)"""
 
 from __future__ import annotations
 
@@ -80,38 +82,153 @@ def test_calibration_plot_of_recent_rounds_in_coarse_bins(run_dir, tmp_path, no_
                                       since_round=ROUNDS - 1))
 
 
-def test_make_round_plots_draws_the_cumulative_ones_every_n_rounds(run_dir, tmp_path,
-                                                                    monkeypatch):
-    drawn = []
+@pytest.fixture
+def drawn(monkeypatch):
+    """Replace the four plot functions by fakes that write a stub PNG and record
+    (plot, file name, through_round): the cadence tests need no rendering."""
+    calls = []
 
     def fake(name):
-        def draw(run, *args):
+        def draw(run, *args, through_round=None):
             out = args[-1]
-            drawn.append((name, out.name))
+            calls.append((name, out.name, through_round))
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(PNG_MAGIC)
+            out.write_bytes(PNG_MAGIC + name.encode())
             return out
         return draw
 
     for name in ("plot_score_vs_mean", "plot_posterior_means", "plot_selection_heatmap",
                  "plot_calibration"):
         monkeypatch.setattr(plots, name, fake(name))
-    assert [p.name for p in plots.make_round_plots(run_dir, 5, tmp_path, every=3)] == \
-        ["score_vs_mean_round_00005.png"]
-    assert sorted(p.name for p in plots.make_round_plots(run_dir, 6, tmp_path, every=3)) == \
-        sorted(["score_vs_mean_round_00006.png", "posterior_means_round_00006.png",
-                "selection_heatmap_round_00006.png", "calibration_round_00006.png"])
-    assert len(plots.make_round_plots(run_dir, 5, tmp_path, every=0, final=True)) == 4
-    assert [p.name for p in plots.make_round_plots(run_dir, 0, tmp_path)] == \
-        ["posterior_means_round_00000.png"]
+    return calls
+
+
+CURRENT = ["calibration.png", "posterior_means.png", "selection_heatmap.png"]
+
+
+def _names(paths, root):
+    return sorted(str(p.relative_to(root)) for p in paths)
+
+
+def test_the_newest_round_refreshes_the_cumulative_plots_and_snapshots_on_cadence(
+        run_dir, tmp_path, drawn):
+    tag = f"round_{ROUNDS:05d}"
+    paths = plots.make_round_plots(run_dir, ROUNDS, tmp_path, every=ROUNDS)
+    assert _names(paths, tmp_path) == sorted(
+        CURRENT + [f"{tag}/score_vs_mean_{tag}.png", f"{tag}/calibration_{tag}.png",
+                   f"{tag}/posterior_means_{tag}.png", f"{tag}/selection_heatmap_{tag}.png"])
+    # each cumulative plot drawn once, through this round; the snapshot is the same file
+    assert sorted(c for c in drawn if c[0] != "plot_score_vs_mean") == [
+        ("plot_calibration", "calibration.png", ROUNDS),
+        ("plot_posterior_means", "posterior_means.png", ROUNDS),
+        ("plot_selection_heatmap", "selection_heatmap.png", ROUNDS)]
+    for name in ("calibration", "posterior_means", "selection_heatmap"):
+        assert (tmp_path / f"{name}.png").samefile(tmp_path / tag / f"{name}_{tag}.png")
+
+
+def test_the_newest_round_off_cadence_still_refreshes_without_a_snapshot(run_dir, tmp_path,
+                                                                       drawn):
+    # ROUNDS is not a multiple of `every`: e.g. a run resumed past its planned rounds
+    paths = plots.make_round_plots(run_dir, ROUNDS, tmp_path, every=ROUNDS + 1)
+    tag = f"round_{ROUNDS:05d}"
+    assert _names(paths, tmp_path) == sorted(CURRENT + [f"{tag}/score_vs_mean_{tag}.png"])
+    assert not plots.make_round_plots(run_dir, ROUNDS, tmp_path / "no", every=ROUNDS + 1,
+                                      refresh=False)[1:]
+
+
+def test_an_older_round_draws_its_snapshot_through_itself_and_leaves_the_current_alone(
+        run_dir, tmp_path, drawn):
+    (tmp_path / "posterior_means.png").write_bytes(b"current")
+    paths = plots.make_round_plots(run_dir, 3, tmp_path, every=3)
+    assert _names(paths, tmp_path) == [
+        "round_00003/calibration_round_00003.png", "round_00003/posterior_means_round_00003.png",
+        "round_00003/score_vs_mean_round_00003.png",
+        "round_00003/selection_heatmap_round_00003.png"]
+    assert {c[2] for c in drawn if c[0] != "plot_score_vs_mean"} == {3}
+    assert (tmp_path / "posterior_means.png").read_bytes() == b"current"
+    assert plots.make_round_plots(run_dir, 2, tmp_path, every=3) == \
+        [tmp_path / "round_00002" / "score_vs_mean_round_00002.png"]
+
+
+def test_round_zero_has_only_the_posterior_plot(run_dir, tmp_path, drawn):
+    paths = plots.make_round_plots(run_dir, 0, tmp_path, every=3)
+    assert _names(paths, tmp_path) == ["round_00000/posterior_means_round_00000.png"]
 
 
 def test_make_round_plots_writes_the_full_set(run_dir, tmp_path, no_db):
-    """Every plot, each on its default path, on the synthetic run."""
-    paths = plots.make_round_plots(run_dir, ROUNDS, tmp_path / "round", every=1)
-    assert len(paths) == 4 and all(p.parent == tmp_path / "round" for p in paths)
+    """Every plot, rendered, on the synthetic run; snapshots are links, not copies."""
+    paths = plots.make_round_plots(run_dir, ROUNDS, tmp_path, every=ROUNDS)
+    assert len(paths) == 7
     for p in paths:
         assert_png(p)
+    assert len({p.stat().st_ino for p in paths}) == 4
+
+
+def test_link_file_replaces_a_stale_copy_and_survives_a_redraw_of_the_source(tmp_path):
+    src, dst = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    src.write_bytes(b"one")
+    dst.parent.mkdir()
+    dst.write_bytes(b"stale")
+    plots.link_file(src, dst)
+    assert dst.read_bytes() == b"one" and dst.samefile(src)
+    plots.link_file(src, dst)                       # already the same file: a no-op
+    tmp = tmp_path / "a.png.new"
+    tmp.write_bytes(b"two")
+    tmp.replace(src)                                # a redraw renames a new file over
+    assert dst.read_bytes() == b"one" and src.read_bytes() == b"two"
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.fixture
+def figure(monkeypatch):
+    """The Figure a plot function would save (it raises instead of writing the PNG)."""
+    box = {}
+
+    def capture(fig, out_png):
+        box["fig"] = fig
+        raise _Captured
+
+    monkeypatch.setattr(plots, "_save", capture)
+
+    def draw(fn, *args, **kw):
+        with pytest.raises(_Captured):
+            fn(*args, **kw)
+        return box["fig"]
+    return draw
+
+
+def test_cumulative_plots_stop_at_the_round_they_are_drawn_through(run_dir, tmp_path, figure):
+    fig = figure(plots.plot_selection_heatmap, run_dir, tmp_path / "h.png", through_round=2)
+    heat = fig.axes[1].images[0].get_array()
+    assert heat.shape[1] == 2                       # rounds 1 and 2 only
+    assert "x 2 rounds" in fig.axes[1].get_title()
+    fig = figure(plots.plot_posterior_means, run_dir, tmp_path / "p.png", through_round=2)
+    assert fig.axes[0].get_title().endswith("rounds 0-2")
+    fig = figure(plots.plot_calibration, run_dir, tmp_path / "c.png", through_round=2)
+    assert "rounds 1-2" in fig.axes[0].get_title()
+    n_groups = sum(fig.axes[1].containers[0].datavalues)
+    assert n_groups == 2 * BATCH                     # rounds 1 and 2 (no refill before 3)
+
+
+def test_score_vs_mean_counts_prompts_that_share_a_point(run_dir, tmp_path, figure):
+    from insight.report.audit import round_candidates
+    t = round_candidates(run_dir, 1).to_pylist()
+    fresh = [c for c in t if (c["alpha"], c["beta"]) == (1.0, 1.0)]
+    assert sum(c["selected"] for c in fresh) == BATCH < len(fresh)
+    fig = figure(plots.plot_score_vs_mean, run_dir, 1, tmp_path / "s.png")
+    labels = [a.get_text() for a in fig.axes[0].texts]
+    assert f"{BATCH} of {len(fresh)} selected" in labels
+    assert fig.axes[0].get_legend().get_title().get_text() == "numbers: prompts on one point"
+
+
+def test_the_heatmap_difficulty_strip_has_a_legend(run_dir, tmp_path, figure):
+    fig = figure(plots.plot_selection_heatmap, run_dir, tmp_path / "h.png")
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "difficulty"
+    assert [t.get_text() for t in legend.get_texts()] == ["1", "2", "3", "4"]
 
 
 def test_a_run_with_only_the_prior_still_plots(tmp_path):

@@ -1,20 +1,23 @@
 """MLflow is a view of the store: when it is unreachable training goes on, and
 `insight sync-mlflow` backfills every round later; the MLflow run ends FINISHED or FAILED
-with the flow that trained it."""
+with the flow that trained it. The plots it shows are current at the end of a run however
+many rounds it ran, and the run directory holds each file once."""
 
 from __future__ import annotations
 
 import pytest
 
 from insight.config import config_from_dict
-from insight.run import open_or_create_run
+from insight.run import Run, open_or_create_run
 from insight.store import RunStore
 from tasks.tracking import sync, untracked_rounds
+from tests.test_audit import ROUNDS, RUN_ID, build_run
 from tests.test_e2e import tiny_config
 
-pytestmark = pytest.mark.e2e
+CURRENT = ("posterior_means.png", "selection_heatmap.png", "calibration.png")
 
 
+@pytest.mark.e2e
 def test_unreachable_mlflow_does_not_stop_training_and_sync_backfills(prefect_api,
                                                                       tiny_policy_dir, tmp_path):
     from mlflow.tracking import MlflowClient
@@ -96,3 +99,75 @@ def test_a_flow_refused_by_the_run_lock_leaves_the_mlflow_run_alone(
     with training_lock(run.run_dir):
         assert train_flow(str(run.run_dir), progress=False, return_state=True).is_failed()
     assert _mlflow_run(run).status == "FINISHED"
+
+
+def _synthetic_run(tmp_path, **config) -> Run:
+    """The audit tests' synthetic run (rounds 0..ROUNDS committed and published) under a
+    config with its own planned rounds and evaluation cadence: no training needed."""
+    build_run(tmp_path)
+    return Run(tmp_path, RUN_ID, config_from_dict(tiny_config(tmp_path / "policy", **config)))
+
+
+@pytest.fixture(scope="module")
+def resumed_past_the_plan(tmp_path_factory):
+    """Planned for ROUNDS - 2 rounds, ran ROUNDS (a resume with a higher target), logged
+    to its local MLflow store; evaluation every 4 rounds, snapshots every 10."""
+    run = _synthetic_run(tmp_path_factory.mktemp("past-plan"), rounds=ROUNDS - 2,
+                         eval={"every": 4})
+    assert sync(run) == list(range(ROUNDS + 1))
+    (store,) = (run.run_dir / "mlartifacts").glob("*/artifacts")
+    return run, store
+
+
+def test_cumulative_plots_are_current_after_a_run_resumed_past_its_planned_rounds(
+        resumed_past_the_plan):
+    run, store = resumed_past_the_plan
+    plots = run.run_dir / "plots"
+    for name in CURRENT:
+        assert (plots / name).is_file()
+        assert (store / "plots" / name).samefile(plots / name)    # MLflow shows them too
+    assert not (plots / f"round_{ROUNDS:05d}" / f"calibration_round_{ROUNDS:05d}.png").exists()
+
+
+def test_a_run_stopped_before_its_plan_refreshes_them_at_evaluation_rounds(tmp_path):
+    from tasks.tracking import round_plots
+    run = _synthetic_run(tmp_path, rounds=ROUNDS + 50, eval={"every": 4})
+    assert not {p.name for p in round_plots(run, ROUNDS)} & set(CURRENT)   # 6: no eval
+    assert not (tmp_path / "plots" / "calibration.png").exists()
+    every_3 = Run(run.run_dir, run.run_id, config_from_dict(
+        tiny_config(tmp_path / "policy", rounds=ROUNDS + 50, eval={"every": 3})))
+    assert set(CURRENT) <= {p.name for p in round_plots(every_3, ROUNDS)}  # 6: eval round
+
+
+def test_plots_and_tables_are_stored_once_in_the_run_directory(resumed_past_the_plan):
+    run, store = resumed_past_the_plan
+    logged = [p for p in store.rglob("*") if p.is_file()]
+    pngs = [p for p in logged if p.suffix == ".png"]
+    # a score plot per round 1..ROUNDS, the prior at round 0, the three current ones
+    assert len(pngs) == ROUNDS + 1 + len(CURRENT)
+    assert sum(p.suffix == ".parquet" for p in logged) >= ROUNDS
+    for p in logged:                            # each artifact is a run-directory file
+        assert p.stat().st_nlink >= 2, p
+    inodes = {}
+    for p in run.run_dir.rglob("*.png"):
+        inodes.setdefault(p.stat().st_ino, p.stat().st_size)
+    plots_bytes = sum(p.stat().st_size for p in (run.run_dir / "plots").rglob("*.png"))
+    assert sum(inodes.values()) == plots_bytes  # MLflow's names add no bytes
+
+
+def test_to_a_remote_artifact_store_the_same_files_are_uploaded(tmp_path, monkeypatch):
+    import tasks.tracking as tracking
+    from mlflow.tracking import MlflowClient
+    run = _synthetic_run(tmp_path / "run", rounds=ROUNDS - 2, eval={"every": 4})
+    monkeypatch.setattr(tracking, "_local_artifact_dir", lambda client, run_id: None)
+    uri = f"sqlite:///{tmp_path / 'remote.db'}"
+    mlflow_run_id = tracking.ensure_mlflow_run(run, uri=uri)
+    tracking.log_round(run, ROUNDS, mlflow_run_id, uri)
+    client = MlflowClient(tracking_uri=uri)
+    tag = f"round_{ROUNDS:05d}"
+    listed = {a.path for a in client.list_artifacts(mlflow_run_id, "plots")}
+    assert {f"plots/{name}" for name in CURRENT} <= listed and f"plots/{tag}" in listed
+    assert [a.path for a in client.list_artifacts(mlflow_run_id, f"plots/{tag}")] == \
+        [f"plots/{tag}/score_vs_mean_{tag}.png"]
+    tables = {a.path for a in client.list_artifacts(mlflow_run_id, f"rounds/{tag}")}
+    assert f"rounds/{tag}/selections.parquet" in tables
