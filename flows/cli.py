@@ -47,26 +47,32 @@ def default_run_dir(cfg) -> Path:
 def cmd_train(args) -> int:
     from insight.config import load_config
     from insight.run import load_run, open_or_create_run
+    from insight.runlock import training_lock
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if run_dir is not None and (run_dir / "insight.duckdb").exists() and args.config is None \
-            and not args.set and not args.selector and args.seed is None:
-        # An existing run with no new config: continue it under its own stored config.
-        stored = load_run(run_dir).config
-        cfg = stored.model_copy(update={"rounds": args.rounds or stored.rounds})
-    else:
-        cfg = load_config(args.config, _overrides(args))
+    # An existing run with no new config continues under its own stored config.
+    continues = run_dir is not None and (run_dir / "insight.duckdb").exists() \
+        and args.config is None and not args.set and not args.selector and args.seed is None
+    cfg = None if continues else load_config(args.config, _overrides(args))
     run_dir = run_dir or default_run_dir(cfg)
-    run = open_or_create_run(run_dir, cfg, allow_changed=args.allow_changed)
-    return _train(run, args.rounds or cfg.rounds, getattr(args, "max_new_rounds", None))
+    # Lock before reading or writing anything of the run: a second `train` on a run
+    # that is training must not store its config before it is refused.
+    with training_lock(run_dir):
+        if continues:
+            stored = load_run(run_dir).config
+            cfg = stored.model_copy(update={"rounds": args.rounds or stored.rounds})
+        run = open_or_create_run(run_dir, cfg, allow_changed=args.allow_changed)
+        return _train(run, args.rounds or cfg.rounds, getattr(args, "max_new_rounds", None))
 
 
 def cmd_resume(args) -> int:
     from insight.run import load_run, open_or_create_run
+    from insight.runlock import training_lock
 
-    run = load_run(args.run_dir)
-    run = open_or_create_run(run.run_dir, run.config, allow_changed=False)
-    return _train(run, args.rounds or run.config.rounds, args.max_new_rounds)
+    with training_lock(args.run_dir, create=False):
+        run = load_run(args.run_dir)
+        run = open_or_create_run(run.run_dir, run.config, allow_changed=False)
+        return _train(run, args.rounds or run.config.rounds, args.max_new_rounds)
 
 
 def _train(run, rounds: int, max_new_rounds: int | None) -> int:
@@ -209,6 +215,7 @@ _ONE_LINE_ERRORS = (
     ("insight.runlock", "RunLockedError", 3),           # another process trains this run
     ("flows.train", "TrainingFailed", 1),                # traceback is in the run's log
     ("tasks.tracking", "TrackingUnavailable", 2),        # MLflow unreachable or refusing
+    ("insight.store", "RunDamagedError", 2),             # unreadable database, lost files
     ("builtins", "NotADirectoryError", 2),               # a file given as a run directory
     ("builtins", "FileNotFoundError", 2),                # no run, no model, no input
     ("builtins", "ValueError", 2),                       # bad config, bad data

@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from insight.metrics import format_progress, summarize
-from insight.run import load_run
+from insight.run import check_resume_checkpoint, load_run
 from insight.runlock import training_lock
 from insight.stages import ensure_published
 from insight.store import RunStore
@@ -74,12 +74,15 @@ def train_flow(run_dir: str, rounds: int | None = None, max_new_rounds: int | No
                progress: bool = True) -> dict:
     """Train the run in `run_dir` up to `rounds` (default: its config), at most
     `max_new_rounds` rounds in this flow run (for scheduled, incremental runs)."""
-    run = load_run(run_dir)
-    target = rounds or run.config.rounds
     flow_run_id = _flow_run_id()
-    with training_lock(run.run_dir):
-        # Only the lock holder ends the MLflow run: a flow refused by the lock must not
-        # mark FAILED the run another process is training.
+    # The lock comes first: nothing of a run another process is training is read, and
+    # only the lock holder ends the MLflow run (a flow refused by the lock must not mark
+    # FAILED the run another process is training).
+    with training_lock(run_dir, create=False):
+        run = load_run(run_dir)
+        target = rounds or run.config.rounds
+        with RunStore(run.run_dir) as db:
+            check_resume_checkpoint(db, run.run_dir, run.run_id)
         try:
             _train_rounds(run, target, max_new_rounds, flow_run_id, progress)
         except BaseException as err:

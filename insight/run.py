@@ -4,6 +4,9 @@ A run directory holds one run: `insight.duckdb`, Parquet per round, policy check
 and (by default) the MLflow store. Its identity is the config (minus the number of
 rounds and the tracking target) and the exact prompt set; resuming with either changed
 would silently splice two experiments, so it is refused unless explicitly allowed.
+
+Paths the record keeps to files inside the run directory (checkpoints) are stored
+relative to it, so a copied or moved run reads its own files, never the original's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import pyarrow as pa
 
 from insight.problems import datasets
 from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
-from insight.store import DB_NAME, RunStore, utcnow
+from insight.runlock import training_lock
+from insight.store import RunDamagedError, RunStore, utcnow
 
 EVAL_SPLIT_SEED_OFFSET = 7919  # held-out split drawn from a different stream than training
 
@@ -84,7 +88,9 @@ def check_policy_path(cfg: RunConfig) -> Path:
 
 def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False) -> Run:
     """Reopen the run in `run_dir`, or create it. Everything is validated before any
-    training: config, policy path, dataset rows."""
+    training: config, policy path, dataset rows, the checkpoint a resume starts from.
+    The run lock is held throughout, so a run another process is training is refused
+    before its stored config is touched."""
     run_dir = Path(run_dir).resolve()
     check_policy_path(cfg)
     train, held_out = build_problems(cfg)
@@ -93,10 +99,11 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
         raise ValueError(f"rollout.batch_size {cfg.rollout.batch_size} is larger than the "
                          f"training pool of {len(train)} prompts")
     dh = data_hash(train, held_out)
-    with RunStore(run_dir) as db:
+    with training_lock(run_dir), RunStore(run_dir) as db:
         existing = db.get_run()
         if existing is not None:
             _check_same_experiment(existing, cfg, dh, allow_changed)
+            check_resume_checkpoint(db, run_dir, existing["run_id"])
             if allow_changed:
                 cfg_old = config_from_dict(json.loads(existing["config_json"]))
                 # The stored config stays the record of how earlier rounds were made;
@@ -131,6 +138,36 @@ def load_run(run_dir: str | Path) -> Run:
     if row is None:
         raise FileNotFoundError(f"no run in {run_dir} (start one with `insight train`)")
     return Run(run_dir, row["run_id"], config_from_dict(json.loads(row["config_json"])))
+
+
+def path_in_run(run_dir: Path, stored: str) -> Path:
+    """A path as the record keeps it: relative to the run directory, or absolute (runs
+    recorded before paths were kept relative, and policies outside the run)."""
+    path = Path(stored)
+    return path if path.is_absolute() else run_dir / path
+
+
+def path_for_record(run_dir: Path, path: Path) -> str:
+    """How the record keeps `path`: relative when inside the run directory, so the run
+    stays valid when copied or moved; as given otherwise."""
+    try:
+        return Path(path).relative_to(run_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def check_resume_checkpoint(db: RunStore, run_dir: Path, run_id: str) -> None:
+    """A run continues from the policy of its last committed round; without it the
+    next round would fail after writing a half round, so refuse before anything."""
+    last = db.last_committed_round(run_id)
+    if last == 0:
+        return  # policy(0) is the configured one, checked by check_policy_path
+    stored = db.round_row(run_id, last)["checkpoint"]
+    path = path_in_run(run_dir, stored) if stored else None
+    if path is None or not (path / "config.json").is_file():
+        raise RunDamagedError(
+            f"the policy checkpoint of round {last} (the last committed round, which the "
+            f"run continues from) is missing: {path or '(not recorded)'}")
 
 
 def _check_same_experiment(existing: dict, cfg: RunConfig, dh: str, allow: bool) -> None:

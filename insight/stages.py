@@ -17,6 +17,7 @@ Round 0 is the starting point: the prior, the initial policy and its held-out ac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,17 +30,19 @@ import pyarrow.compute as pc
 from insight.policy import generation, grpo, model as policy_model
 from insight.problems import verifiers
 from insight.metrics import round_metrics
-from insight.run import Run, load_problems_of, stage_seed
+from insight.run import Run, load_problems_of, path_for_record, path_in_run, stage_seed
 from insight.selection import registry
 from insight.selection.dapo import filter_groups, truncate_kept
 from insight.selection.posterior import PosteriorState
 from insight.selection.prior import with_fitted_prior_for_unseen
 from insight.selection.registry import make_selector
 from insight.selection.selectors import Selection
-from insight.store import RunStore, round_dir
+from insight.store import RUN_TABLES_ROUND, RunStore
 
 SELECT, GENERATE, EVALUATE, TRAIN = 1, 2, 3, 4  # seed streams
 CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger("insight.stages")
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -81,7 +84,7 @@ def policy_checkpoint(run: Run, round_: int) -> str:
         row = db.round_row(run.run_id, round_)
     if row is None or row["status"] != "committed" or not row["checkpoint"]:
         raise RuntimeError(f"policy of round {round_} is not committed in {run.run_dir}")
-    return row["checkpoint"]
+    return str(path_in_run(run.run_dir, row["checkpoint"]))
 
 
 def load_posterior(run: Run, round_: int) -> PosteriorState:
@@ -384,7 +387,7 @@ def commit(run: Run, round_: int, stage_seconds: dict[str, tuple[float, float]] 
             db.record_stage(run.run_id, round_, stage, seconds, wall)
         metrics = round_metrics(db, run.run_id, round_, train_stats=stats)
         consumed = int(metrics["rollouts"])
-        db.commit_round(run.run_id, round_, checkpoint=str(ckpt),
+        db.commit_round(run.run_id, round_, checkpoint=path_for_record(run.run_dir, ckpt),
                         selector_state=_selector_state(run, round_, db),
                         rollouts_consumed=consumed, metrics=metrics)
         db.export_round(run.run_id, round_)
@@ -407,10 +410,21 @@ def prune_checkpoints(run: Run, keep_round: int) -> None:
 
 
 def ensure_published(run: Run) -> list[int]:
-    """Finish what a crash between a round's commit and its Parquet export left undone."""
+    """Make the published Parquet match the store again before training on: finish what
+    a crash between a round's commit and its export left undone, and re-publish from
+    DuckDB (the source of truth) any file that is missing, truncated or altered. Says
+    so in one log line; returns the rounds re-published (RUN_TABLES_ROUND for the run
+    tables)."""
     with RunStore(run.run_dir) as db:
-        missing = [r for r in db.committed_rounds(run.run_id)
-                   if not round_dir(run.run_dir, r).is_dir()]
-        for r in missing:
-            db.export_round(run.run_id, r)
-    return missing
+        damaged = db.damaged_publications(run.run_id)
+        for round_ in damaged:
+            if round_ == RUN_TABLES_ROUND:
+                db.export_run_tables(run.run_id)
+            else:
+                db.export_round(run.run_id, round_)
+    if damaged:
+        found = [item for items in damaged.values() for item in items]
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        log.warning("re-published Parquet from insight.duckdb: %s%s",
+                    "; ".join(found[:5]), more)
+    return sorted(damaged)

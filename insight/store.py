@@ -12,10 +12,16 @@ published per round, after the round's commit, by an atomic rename.
 
 Idempotence: every stage first deletes its own rows for (run_id, round) and then writes
 them, inside one transaction, so re-running a stage after a crash never duplicates rows.
+
+Integrity: each published Parquet file's size and SHA-256 are recorded in the `published`
+table when it is written, so a resume can tell a truncated or altered file from a good
+one and re-publish it from DuckDB; a database that cannot be read is refused with
+`RunDamagedError` instead of a DuckDB traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +71,11 @@ SCHEMA: dict[str, str] = {
     "tracking": """
         run_id VARCHAR, round INTEGER, mlflow_run_id VARCHAR, logged_at TIMESTAMPTZ,
         uri VARCHAR""",
+    # One row per published Parquet file; `path` is relative to the run directory and
+    # `round` is RUN_TABLES_ROUND for parquet/{runs,prompts}.parquet.
+    "published": """
+        run_id VARCHAR, round INTEGER, path VARCHAR, bytes BIGINT, sha256 VARCHAR,
+        published_at TIMESTAMPTZ""",
 }
 
 # Tables whose rows belong to one round and are exported per round.
@@ -72,7 +83,19 @@ ROUND_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
 # Everything a round writes before its commit: discarded when a round is redone.
 ROUND_OUTPUT_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
 
+# DuckDB's file layout: a file header and two database headers of 4 KiB each, then
+# fixed-size blocks numbered from 0 (`PRAGMA database_size` reports their size).
+_DUCKDB_HEADER_BYTES = 3 * 4096
+
+RUN_TABLES_ROUND = -1  # `published.round` of the run-level files (runs, prompts)
+
 _LOCK_RETRY_SECONDS = 30.0
+
+
+class RunDamagedError(RuntimeError):
+    """The run directory cannot be continued as it is: its database is unreadable, or a
+    file its record relies on is gone. Continuing would lose or invent data, so the
+    run is refused with a message that says which file."""
 
 
 def utcnow() -> datetime:
@@ -93,6 +116,11 @@ class RunStore:
             raise FileNotFoundError(f"no run database at {self.path}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.con = _connect_with_retry(self.path, self.read_only)
+        try:
+            _check_not_truncated(self.con, self.path)
+        except BaseException:
+            self.__exit__()
+            raise
         if not self.read_only:
             have = {r[0] for r in self.con.execute(
                 "SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -232,36 +260,127 @@ class RunStore:
 
     # -- Parquet export -------------------------------------------------------------
     def export_run_tables(self, run_id: str) -> None:
-        """Write runs and prompts as Parquet (once, at run creation)."""
+        """Write runs and prompts as Parquet (at run creation, and to repair them)."""
         out = self.run_dir / PARQUET_DIR
         out.mkdir(parents=True, exist_ok=True)
+        written = {}
         for table in ("runs", "prompts"):
-            _atomic_write_parquet(self.sql(f"SELECT * FROM {table} WHERE run_id = ?",
-                                           [run_id]), out / f"{table}.parquet")
+            final = out / f"{table}.parquet"
+            tmp = final.with_name(final.name + ".tmp")
+            pq.write_table(self.sql(f"SELECT * FROM {table} WHERE run_id = ?", [run_id]), tmp)
+            written[final] = tmp
+        self._record_published(run_id, RUN_TABLES_ROUND, written)
+        for final, tmp in written.items():
+            os.replace(tmp, final)
 
     def export_round(self, run_id: str, round_: int) -> Path:
         """Publish a committed round's rows as Parquet: a folder written aside, then
-        renamed into place, so a reader sees a round whole or not at all."""
+        renamed into place, so a reader sees a round whole or not at all. The files'
+        checksums are recorded before the rename, so a folder in place always has them."""
         final = round_dir(self.run_dir, round_)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        written = {}
         for table in ROUND_TABLES + ("rounds",):
+            name = f"{table}.parquet"
             pq.write_table(self.sql(f"SELECT * FROM {table} WHERE run_id = ? AND round = ?",
-                                    [run_id, round_]), tmp / f"{table}.parquet")
+                                    [run_id, round_]), tmp / name)
+            written[final / name] = tmp / name
+        self._record_published(run_id, round_, written)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final
+
+    def _record_published(self, run_id: str, round_: int, written: dict[Path, Path]) -> None:
+        """Record size and checksum of each file as written (`final path -> file written`)."""
+        now = utcnow()
+        rows = [(run_id, round_, final.relative_to(self.run_dir).as_posix(),
+                 tmp.stat().st_size, file_sha256(tmp), now) for final, tmp in written.items()]
+        with self.transaction():
+            self.execute("DELETE FROM published WHERE run_id = ? AND round = ?",
+                         [run_id, round_])
+            self.con.executemany("INSERT INTO published VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def damaged_publications(self, run_id: str) -> dict[int, list[str]]:
+        """Published files that no longer match their record, by round: what is missing,
+        truncated or altered. A committed round (or the run tables) with no record at
+        all, published by an older version or cut off by a crash, counts as damaged
+        too: nothing vouches for its files."""
+        recorded: dict[int, dict[str, tuple[int, str]]] = {}
+        for row in self.sql("SELECT round, path, bytes, sha256 FROM published "
+                            "WHERE run_id = ?", [run_id]).to_pylist():
+            recorded.setdefault(row["round"], {})[row["path"]] = (row["bytes"], row["sha256"])
+        damaged: dict[int, list[str]] = {}
+        for round_ in [RUN_TABLES_ROUND] + self.committed_rounds(run_id):
+            files = recorded.get(round_)
+            if not files:
+                where = PARQUET_DIR if round_ == RUN_TABLES_ROUND \
+                    else round_dir(Path(), round_).as_posix()
+                damaged[round_] = [f"{where}/ (no checksums recorded)"]
+                continue
+            bad = [f"{path} ({why})" for path, (size, digest) in sorted(files.items())
+                   if (why := _file_problem(self.run_dir / path, size, digest))]
+            if bad:
+                damaged[round_] = bad
+        return damaged
 
 
 def round_dir(run_dir: str | Path, round_: int) -> Path:
     return Path(run_dir) / PARQUET_DIR / f"round_{round_:05d}"
 
 
-def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_problem(path: Path, size: int, digest: str) -> str | None:
+    """What is wrong with a published file compared to its record, or None."""
+    if not path.is_file():
+        return "missing"
+    actual = path.stat().st_size
+    if actual < size:
+        return f"truncated: {actual} of {size} bytes"
+    if actual != size:
+        return f"altered: {actual} bytes, {size} recorded"
+    if file_sha256(path) != digest:
+        return "altered: checksum differs"
+    return None
+
+
+def _check_not_truncated(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """DuckDB reads blocks lazily: a truncated file opens fine and fails at the first
+    query that reaches a lost block, possibly mid-round after other writes. The file
+    must reach past the last block that its metadata or any table still uses (the
+    block count in its header is no bound: trailing free blocks are cut off)."""
+    try:
+        block_size = con.execute("SELECT block_size FROM pragma_database_size() "
+                                 "WHERE database_name = current_database()").fetchone()[0]
+        used = [r[0] for r in con.execute("SELECT block_id FROM pragma_metadata_info()").fetchall()]
+        for (table,) in con.execute("SELECT table_name FROM duckdb_tables() "
+                                    "WHERE database_name = current_database()").fetchall():
+            used.append(con.execute("SELECT max(block_id) FROM pragma_storage_info(?)",
+                                    [table]).fetchone()[0])
+    except duckdb.Error as err:
+        raise _damaged(path, err) from err
+    last = max((b for b in used if b is not None and b >= 0), default=-1)
+    expected = _DUCKDB_HEADER_BYTES + (last + 1) * int(block_size)
+    actual = path.stat().st_size
+    if actual < expected:
+        raise RunDamagedError(
+            f"cannot read the run database {path}: truncated ({actual} bytes, its blocks "
+            f"reach {expected}; restore it from a backup: it is the run's record)")
+
+
+def _damaged(path: Path, err: Exception) -> RunDamagedError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return RunDamagedError(f"cannot read the run database {path}: {reason} (if it is "
+                           "truncated or damaged, restore it from a backup: it is the "
+                           "run's record)")
 
 
 def _connect_with_retry(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -272,8 +391,14 @@ def _connect_with_retry(path: Path, read_only: bool) -> duckdb.DuckDBPyConnectio
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+        except duckdb.Error as err:
+            held = "lock" in str(err).lower()
+            if held and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if held or not path.exists():
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            # A file that exists but will not open is damaged (truncated by a full disk,
+            # a partial copy): one line that says which file, not a DuckDB traceback.
+            raise _damaged(path, err) from err

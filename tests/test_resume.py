@@ -20,7 +20,7 @@ import yaml
 from insight import stages
 from insight.config import config_from_dict
 from insight.run import open_or_create_run
-from insight.runlock import RunLockedError, training_lock
+from insight.runlock import RunLockedError
 from insight.store import RunStore
 from tests.test_e2e import tiny_config
 
@@ -183,8 +183,9 @@ def test_more_rounds_is_not_a_change(tiny_policy_dir, tmp_path):
 
 def test_two_flows_on_one_run_at_once_are_refused(prefect_api, tiny_policy_dir, tmp_path):
     from flows.train import train_flow
+    from tests.test_runlock import lock_held_by_another_process
     run = new_run(tmp_path, tiny_policy_dir)
-    with training_lock(run.run_dir):
+    with lock_held_by_another_process(run.run_dir):
         state = train_flow(str(run.run_dir), progress=False, return_state=True)
     assert state.is_failed()
     with pytest.raises(RunLockedError):
