@@ -122,8 +122,8 @@ def _load_cfg(spec: RunSpec):
 
 def prepare_run(spec: RunSpec) -> int:
     """Create the run or reopen it (refusing a changed setup); the rounds still to train."""
-    from insight.run import open_or_create_run
-    from insight.store import RunStore
+    from insight.record.run import open_or_create_run
+    from insight.record.store import RunStore
 
     run = open_or_create_run(spec.run_dir, _load_cfg(spec))
     with RunStore(run.run_dir) as db:
@@ -139,7 +139,7 @@ def train_one(spec: RunSpec, progress: bool = False) -> dict:
     """Train one run to its target round through the Prefect flow; the flow's summary
     plus the wall time of this call."""
     from flows.train import train_flow
-    from insight.run import open_or_create_run
+    from insight.record.run import open_or_create_run
 
     run = open_or_create_run(spec.run_dir, _load_cfg(spec))
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def _shared_prefect_api():
 def read_run_record(run_dir: str | Path, rounds: int | None = None) -> dict:
     """A run's curve and per-round metrics from its store, committed rounds only (and
     only up to `rounds`), in the shape `bench_analysis.analyze` takes."""
-    from insight.store import RunStore
+    from insight.record.store import RunStore
 
     with RunStore(run_dir, read_only=True) as db:
         run = db.get_run()

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flows import env  # noqa: F401  (environment defaults before anything imports Prefect)
+from insight.record.layout import db_path
 
 
 def _parse_value(text: str):
@@ -46,12 +47,12 @@ def default_run_dir(cfg) -> Path:
 
 def cmd_train(args) -> int:
     from insight.config import load_config
-    from insight.run import load_run, open_or_create_run
-    from insight.runlock import training_lock
+    from insight.record.run import load_run, open_or_create_run
+    from insight.record.runlock import training_lock
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     # An existing run with no new config continues under its own stored config.
-    continues = run_dir is not None and (run_dir / "insight.duckdb").exists() \
+    continues = run_dir is not None and db_path(run_dir).exists() \
         and args.config is None and not args.set and not args.selector and args.seed is None
     cfg = None if continues else load_config(args.config, _overrides(args))
     run_dir = run_dir or default_run_dir(cfg)
@@ -66,8 +67,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from insight.run import load_run, open_or_create_run
-    from insight.runlock import training_lock
+    from insight.record.run import load_run, open_or_create_run
+    from insight.record.runlock import training_lock
 
     with training_lock(args.run_dir, create=False):
         run = load_run(args.run_dir)
@@ -89,7 +90,7 @@ def _train(run, rounds: int, max_new_rounds: int | None) -> int:
 
 
 def cmd_sync_mlflow(args) -> int:
-    from insight.run import load_run
+    from insight.record.run import load_run
     from tasks.tracking import sync_or_explain, tracking_uri
 
     run = load_run(args.run_dir)
@@ -102,9 +103,9 @@ def cmd_sync_mlflow(args) -> int:
 def cmd_deploy(args) -> int:
     from flows.deploy import serve_training
     from insight.config import load_config
-    from insight.run import load_run, open_or_create_run
+    from insight.record.run import load_run, open_or_create_run
 
-    if (Path(args.run_dir) / "insight.duckdb").exists() and args.config is None:
+    if db_path(args.run_dir).exists() and args.config is None:
         run = load_run(args.run_dir)
         run = open_or_create_run(run.run_dir, run.config)
     else:
@@ -212,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 # that `insight score` need not import Prefect or MLflow to recognise their errors; a
 # module never imported cannot have raised its error.
 _ONE_LINE_ERRORS = (
-    ("insight.runlock", "RunLockedError", 3),           # another process trains this run
+    ("insight.record.runlock", "RunLockedError", 3),     # another process trains this run
     ("flows.train", "TrainingFailed", 1),                # traceback is in the run's log
     ("tasks.tracking", "TrackingUnavailable", 2),        # MLflow unreachable or refusing
-    ("insight.store", "RunDamagedError", 2),             # unreadable database, lost files
+    ("insight.record.store", "RunDamagedError", 2),      # unreadable database, lost files
     ("builtins", "NotADirectoryError", 2),               # a file given as a run directory
     ("builtins", "FileNotFoundError", 2),                # no run, no model, no input
     ("builtins", "ValueError", 2),                       # bad config, bad data

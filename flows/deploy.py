@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401
 from flows.train import train_flow
-from insight.run import Run
+from insight.record.run import Run
 
 
 def deployment_name(run: Run) -> str:

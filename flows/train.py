@@ -18,11 +18,11 @@ from flows import env  # noqa: F401  (Prefect/MLflow defaults before their impor
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from insight.metrics import format_progress, summarize
-from insight.run import check_resume_checkpoint, load_run
-from insight.runlock import training_lock
+from insight.record.metrics import format_progress, summarize
+from insight.record.run import check_resume_checkpoint, load_run
+from insight.record.runlock import training_lock
 from insight.stages import ensure_published
-from insight.store import RunStore
+from insight.record.store import RunStore
 from tasks import stages as t
 from tasks.tracking import try_end, try_sync
 
@@ -166,7 +166,7 @@ def train_from_cli(run_dir: str, rounds: int, max_new_rounds: int | None) -> dic
     """`train_flow` for the command line: logs in the run directory, and a failure inside
     the flow raised as one line naming the log. Errors that are the user's to fix
     (ValueError, a missing file, a held lock) pass through as they are."""
-    from insight.runlock import RunLockedError
+    from insight.record.runlock import RunLockedError
 
     with logs_in_run_dir(run_dir) as log_path:
         try:

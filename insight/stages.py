@@ -25,22 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from insight.policy import generation, grpo, model as policy_model
 from insight.problems import verifiers
-from insight.metrics import round_metrics
-from insight.run import Run, load_problems_of, path_for_record, path_in_run, stage_seed
+from insight.record.metrics import round_metrics
+from insight.record.run import Run, load_problems_of, path_for_record, path_in_run, stage_seed
 from insight.selection import registry
 from insight.selection.dapo import filter_groups, truncate_kept
 from insight.selection.posterior import PosteriorState
 from insight.selection.prior import with_fitted_prior_for_unseen
 from insight.selection.registry import make_selector
 from insight.selection.selectors import Selection
-from insight.store import RUN_TABLES_ROUND, RunStore
+from insight.record import layout
+from insight.record.schema import RUN_TABLES_ROUND
+from insight.record.store import RunStore
 
 SELECT, GENERATE, EVALUATE, TRAIN = 1, 2, 3, 4  # seed streams
-CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("insight.stages")
 
@@ -73,7 +73,7 @@ def cached_policy(path: str, device: str):
 
 
 def checkpoint_dir(run: Run, round_: int) -> Path:
-    return run.run_dir / CHECKPOINT_DIR / f"round_{round_:05d}"
+    return layout.checkpoint_dir(run.run_dir, round_)
 
 
 def policy_checkpoint(run: Run, round_: int) -> str:
@@ -398,15 +398,10 @@ def commit(run: Run, round_: int, stage_seconds: dict[str, tuple[float, float]] 
 def prune_checkpoints(run: Run, keep_round: int) -> None:
     """Keep the newest `train.keep_checkpoints` round checkpoints (resume needs only the
     last committed one); the final policy is always the newest."""
-    root = run.run_dir / CHECKPOINT_DIR
-    if not root.is_dir():
-        return
-    rounds = sorted(int(p.name.split("_")[1]) for p in root.iterdir()
-                    if p.is_dir() and p.name.startswith("round_") and not p.name.endswith(".tmp"))
     keep = run.config.train.keep_checkpoints
-    for r in rounds:
+    for r in layout.rounds_in(layout.checkpoints_root(run.run_dir)):
         if r < keep_round - keep + 1:
-            shutil.rmtree(root / f"round_{r:05d}", ignore_errors=True)
+            shutil.rmtree(layout.checkpoint_dir(run.run_dir, r), ignore_errors=True)
 
 
 def ensure_published(run: Run) -> list[int]:

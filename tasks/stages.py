@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from insight import stages
-from insight.run import load_run
+from insight.record.run import load_run
 
 TRANSIENT = (duckdb.IOException, TimeoutError, ConnectionError, InterruptedError)
 

@@ -13,8 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from insight.run import Run
-from insight.store import RunStore, round_dir, utcnow
+from insight.record.run import Run
+from insight.record.layout import plots_root, round_dir
+from insight.record.store import RunStore, utcnow
 
 log = logging.getLogger("insight.tracking")
 
@@ -104,7 +105,7 @@ def log_round(run: Run, round_: int, mlflow_run_id: str, uri: str | None = None)
     if folder.is_dir():
         tables = sorted(f for f in folder.rglob("*") if f.is_file())
         log_files(client, mlflow_run_id, tables, folder, f"rounds/{folder.name}")
-    log_files(client, mlflow_run_id, round_plots(run, round_), run.run_dir / "plots", "plots")
+    log_files(client, mlflow_run_id, round_plots(run, round_), plots_root(run.run_dir), "plots")
     with RunStore(run.run_dir) as db:
         db.execute("DELETE FROM tracking WHERE run_id = ? AND round = ? AND uri = ?",
                    [run.run_id, round_, tracking_uri(run, uri)])
@@ -123,7 +124,7 @@ def round_plots(run: Run, round_: int) -> list[Path]:
     from insight.report.plots import make_round_plots
     cfg = run.config
     refresh = round_ % max(1, cfg.eval.every) == 0 or round_ >= cfg.rounds
-    return make_round_plots(run.run_dir, round_, run.run_dir / "plots", every=10,
+    return make_round_plots(run.run_dir, round_, plots_root(run.run_dir), every=10,
                             refresh=refresh)
 
 

@@ -29,7 +29,8 @@ from scipy.special import betaln, digamma, gammaln
 
 from flows import cli_audit
 from insight.report import audit, audit_text
-from insight.store import DB_NAME, RunStore, round_dir
+from insight.record.layout import DB_NAME, round_dir
+from insight.record.store import RunStore
 
 RUN_ID = "run-audit"
 N_PROMPTS, ROUNDS, BATCH, K = 24, 6, 6, 4

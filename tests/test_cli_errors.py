@@ -18,7 +18,7 @@ import yaml
 
 from insight.selection.validate import MAX_K, validate_k
 from insight.config import config_from_dict
-from insight.run import open_or_create_run
+from insight.record.run import open_or_create_run
 from tests.test_audit import build_run
 from tests.test_e2e import tiny_config
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from insight.store import RunStore
+from insight.record.store import RunStore
 from tests.test_e2e import tiny_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -46,7 +46,7 @@ def test_two_runs_of_the_deployment_continue_one_training(prefect_api, tiny_poli
                              "--rounds-per-run", "2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        from insight.run import load_run
+        from insight.record.run import load_run
         deadline = time.monotonic() + 120
         while not (run_dir / "insight.duckdb").exists():
             assert proc.poll() is None, proc.stderr.read()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from insight.config import config_from_dict
-from insight.run import open_or_create_run
+from insight.record.run import open_or_create_run
 
 pytestmark = pytest.mark.e2e
 

@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from insight import grpo, stages
-from insight import model as policy_model
+from insight import stages
+from insight.policy import grpo
+from insight.policy import model as policy_model
 from insight.config import config_from_dict
-from insight.run import load_run, open_or_create_run
-from insight.runlock import training_lock
-from insight.store import RunDamagedError, RunStore, round_dir
+from insight.record.run import load_run, open_or_create_run
+from insight.record.runlock import training_lock
+from insight.record.layout import round_dir
+from insight.record.store import RunDamagedError, RunStore
 from tests.test_e2e import tiny_config
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from insight.metrics import summarize
-from insight.store import RunStore
+from insight.record.metrics import summarize
+from insight.record.store import RunStore
 from tests.test_audit import ROUNDS, RUN_ID, build_run
 
 

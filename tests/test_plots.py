@@ -17,7 +17,8 @@ import pytest
 from matplotlib.image import imread
 
 from insight.report import plots
-from insight.store import DB_NAME, RunStore
+from insight.record.layout import DB_NAME
+from insight.record.store import RunStore
 from tests.test_audit import BATCH, ROUNDS, build_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,9 +19,9 @@ import yaml
 
 from insight import stages
 from insight.config import config_from_dict
-from insight.run import open_or_create_run
-from insight.runlock import RunLockedError
-from insight.store import RunStore
+from insight.record.run import open_or_create_run
+from insight.record.runlock import RunLockedError
+from insight.record.store import RunStore
 from tests.test_e2e import tiny_config
 
 pytestmark = pytest.mark.e2e
@@ -131,7 +131,7 @@ def test_a_stage_that_fails_marks_the_round_failed_and_a_rerun_completes_it(
 def test_a_crash_between_commit_and_parquet_export_is_finished_on_resume(
         reference, tiny_policy_dir, tmp_path, monkeypatch):
     from flows.train import train_flow
-    from insight.store import round_dir
+    from insight.record.layout import round_dir
     run = new_run(tmp_path, tiny_policy_dir)
     real = RunStore.export_round
 

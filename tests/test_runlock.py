@@ -6,14 +6,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from insight.runlock import RunLockedError, training_lock
+from insight.record.runlock import RunLockedError, training_lock
 
 
 @contextmanager
 def lock_held_by_another_process(run_dir):
     """A real second process that holds the run's lock until the block ends."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from insight.runlock import training_lock\n"
+        "import sys, time; from insight.record.runlock import training_lock\n"
         f"with training_lock({str(run_dir)!r}):\n"
         "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
@@ -43,7 +43,7 @@ def test_the_lock_is_released_on_exit(tmp_path):
 
 def _refused_elsewhere(run_dir) -> bool:
     out = subprocess.run([sys.executable, "-c", (
-        "from insight.runlock import RunLockedError, training_lock\n"
+        "from insight.record.runlock import RunLockedError, training_lock\n"
         "try:\n"
         f"    with training_lock({str(run_dir)!r}): print('free')\n"
         "except RunLockedError: print('refused')")], capture_output=True, text=True, check=True)

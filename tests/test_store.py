@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from insight.store import RunStore, round_dir
+from insight.record.layout import round_dir
+from insight.record.store import RunStore
 
 
 def _rollouts(run_id, round_, n):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from insight.config import config_from_dict
-from insight.run import Run, open_or_create_run
-from insight.store import RunStore
+from insight.record.run import Run, open_or_create_run
+from insight.record.store import RunStore
 from tasks.tracking import sync, untracked_rounds
 from tests.test_audit import ROUNDS, RUN_ID, build_run
 from tests.test_e2e import tiny_config
@@ -91,7 +91,7 @@ def test_the_mlflow_run_ends_failed_with_the_flow_then_finished_after_a_resume(
 def test_a_flow_refused_by_the_run_lock_leaves_the_mlflow_run_alone(
         prefect_api, tiny_policy_dir, tmp_path):
     from flows.train import train_flow
-    from insight.runlock import training_lock
+    from insight.record.runlock import training_lock
     cfg = config_from_dict(tiny_config(tiny_policy_dir, rounds=1,
                                        eval={"every": 1, "n_samples": 1}))
     run = open_or_create_run(tmp_path / "run", cfg)

@@ -14,8 +14,9 @@ Conventions used throughout:
 - The selection of round r scores the posterior after round r-1; `sel_mean` is the
   posterior mean the selector saw, `post_mean` the mean after round r's update.
 
-Public API: `published_rounds`, `round_candidates`, `prompt_history`, `never_selected`;
-`RunView` / `with_view` / `Need` for other readers of the same files (`insight.report.plots`).
+Public API: `round_candidates`, `prompt_history`, `never_selected`. The reader of the
+published files (`RunView`, `with_view`, `Need`, `published_rounds`) is
+`insight.record.published`.
 The words (explanations, tables, JSON, what `insight audit` prints) are in
 `insight.report.audit_text`; the command's arguments in `flows.cli_audit`.
 """
@@ -23,177 +24,16 @@ The words (explanations, tables, JSON, what `insight audit` prints) are in
 from __future__ import annotations
 
 import difflib
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from insight.report.audit_text import (explain_history, format_ranges, reason_not_selected,
                                 why_not_selected)
-from insight.store import PARQUET_DIR, ROUND_TABLES, SCHEMA
+from insight.record.published import Need, RunView, published_rounds, sql_str, with_view
 
-T = TypeVar("T")
-
-_ROUND_DIR = re.compile(r"^round_(\d+)$")
-_RUN_TABLES = ("runs", "prompts")
 TRAIN_SPLIT = "train"
-# Columns read from the (large) rollouts files: never the completions themselves.
-_ROLLOUT_COLUMNS = ("run_id", "round", "prompt_id", "sample_idx", "reward", "success",
-                    "gen_batch", "kept", "policy_round")
-
-
-# --- reading the published Parquet -------------------------------------------------
-def published_rounds(run_dir: str | Path) -> list[int]:
-    """Rounds whose Parquet folder has been published (committed rounds), ascending."""
-    root = Path(run_dir) / PARQUET_DIR
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"no published Parquet under {root}: is {run_dir} a run directory?")
-    rounds = []
-    for child in root.iterdir():
-        m = _ROUND_DIR.match(child.name)
-        if m and child.is_dir():
-            rounds.append(int(m.group(1)))
-    return sorted(rounds)
-
-
-def _sql_str(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
-class Need:
-    """What a function reads of one per-round table: which rounds (None = all published)
-    and an optional SQL filter on the table's columns. Loading it scans its files once."""
-
-    rounds: tuple[int, ...] | None = None
-    where: str = ""
-
-
-class RunView:
-    """An in-memory DuckDB connection over the run's published Parquet.
-
-    `runs` and `prompts` are views over their single files. Each per-round table named in
-    `need` is read once, with its filter, into an in-memory table (one scan over the
-    round files, instead of one per reference in a query); the others are empty tables of
-    the store's schema, so every query binds. Columns of SCHEMA missing from the files
-    read as NULL; a NULL or missing gen_batch reads as 0; the completions are never loaded."""
-
-    def __init__(self, run_dir: str | Path, need: dict[str, Need] | None = None):
-        self.run_dir = Path(run_dir)
-        self.rounds = published_rounds(run_dir)
-        self.con = duckdb.connect(":memory:")
-        # footers are read once per file even when a query scans a table twice
-        self.con.execute("SET parquet_metadata_cache = true")
-        root = self.run_dir / PARQUET_DIR
-        for table in _RUN_TABLES:
-            self._create(table, [root / f"{table}.parquet"], "", view=True)
-        for table in ROUND_TABLES + ("rounds",):
-            spec = (need or {}).get(table)
-            if spec is None:
-                self.con.execute(f"CREATE TABLE {table} AS SELECT "
-                                 f"{self._columns(table, None)} WHERE false")
-                continue
-            self._create(table, self.files(table, spec.rounds), spec.where, view=False)
-
-    def files(self, table: str, rounds: Iterable[int] | None = None) -> list[Path]:
-        published = set(self.rounds)
-        wanted = self.rounds if rounds is None else sorted(r for r in rounds if r in published)
-        root = self.run_dir / PARQUET_DIR
-        return [root / f"round_{r:05d}" / f"{table}.parquet" for r in wanted]
-
-    @staticmethod
-    def _columns(table: str, present: set[str] | None) -> str:
-        cols = []
-        for name, typ in _schema_columns(table).items():
-            if table == "rollouts" and name not in _ROLLOUT_COLUMNS:
-                continue
-            if present is None or name not in present:
-                default = "0" if name == "gen_batch" else "NULL"
-                cols.append(f"CAST({default} AS {typ}) AS {name}")
-            elif name == "gen_batch":
-                cols.append("coalesce(gen_batch, 0)::INTEGER AS gen_batch")
-            else:
-                cols.append(f"CAST({name} AS {typ}) AS {name}")
-        return ", ".join(cols)
-
-    def scan(self, table: str, rounds: Iterable[int] | None = None) -> str:
-        """A subquery reading `table` straight from its files (normalized columns), for a
-        streaming aggregate that need not hold the table in memory."""
-        return self._source(table, self.files(table, rounds))
-
-    def _source(self, table: str, files: list[Path]) -> str:
-        files = [f for f in files if f.is_file()]
-        if not files:
-            return f"(SELECT {self._columns(table, None)} WHERE false)"
-        # The store's tables keep one shape within a run, so the first file's schema is
-        # read. Should the first and last files differ (a run continued by a newer store
-        # that added a column), union_by_name is used, at a footer read per file.
-        first, last = (self._describe(f"read_parquet({_sql_str(f)})")
-                       for f in (files[0], files[-1]))
-        union = ", union_by_name = true" if first != last else ""
-        listing = ", ".join(_sql_str(f) for f in files)
-        source = f"read_parquet([{listing}]{union})"
-        present = set(first) | set(last)
-        return f"(SELECT {self._columns(table, present)} FROM {source})"
-
-    def _describe(self, source: str) -> list[str]:
-        return [r[0] for r in self.con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-
-    def _create(self, table: str, files: list[Path], where: str, *, view: bool) -> None:
-        kind = "VIEW" if view else "TABLE"
-        cond = f" WHERE {where}" if where else ""
-        self.con.execute(f"CREATE {kind} {table} AS SELECT * FROM "
-                         f"{self._source(table, files)} AS t{cond}")
-
-    def sql(self, query: str, params: dict | None = None) -> pa.Table:
-        return self.con.sql(query, params=params or None).to_arrow_table()
-
-    def scalar(self, query: str, params: dict | None = None):
-        rows = self.con.sql(query, params=params or None).fetchall()
-        return rows[0][0] if rows else None
-
-    def close(self) -> None:
-        self.con.close()
-
-
-def _schema_columns(table: str) -> dict[str, str]:
-    """Column name -> SQL type, parsed from the store's DDL."""
-    out = {}
-    for part in re.split(r",(?![^()]*\))", SCHEMA[table]):
-        bits = part.split()
-        if len(bits) >= 2:
-            out[bits[0]] = bits[1]
-    return out
-
-
-def with_view(run_dir, need: dict[str, Need] | None,
-              fn: Callable[[RunView], T]) -> T:
-    """Run `fn` on a fresh view; retry if a round folder vanished under us (a round being
-    re-published by `ensure_published` replaces its folder). A file DuckDB cannot read
-    (truncated, corrupt) is the user's to fix, so it is reported as one line naming it."""
-    for attempt in range(3):
-        view = None
-        try:
-            view = RunView(run_dir, need)
-            return fn(view)
-        except (duckdb.IOException, duckdb.InvalidInputException) as err:
-            if attempt == 2 or "No such file" not in str(err) and "not found" not in str(err):
-                raise ValueError(f"cannot read the published Parquet of {run_dir}: "
-                                 f"{_duckdb_reason(err)}") from err
-        finally:
-            if view is not None:
-                view.close()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _duckdb_reason(err: Exception) -> str:
-    """DuckDB's message without its error-class prefix, first line only."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return re.sub(r"^(Invalid Input|IO) Error: ", "", text)
 
 
 def _check_round(run_dir, round_: int, rounds: list[int]) -> None:
@@ -263,7 +103,7 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
     score, rank, selected?, outcome, posterior after the round), and a one-line
     explanation of its latest selection state."""
     prompt_id = str(prompt_id)
-    only = Need(where=f"prompt_id = {_sql_str(prompt_id)}")
+    only = Need(where=f"prompt_id = {sql_str(prompt_id)}")
 
     def query(v: RunView) -> dict[str, Any]:
         info = v.sql("SELECT * FROM prompts WHERE prompt_id = $p LIMIT 1",

@@ -29,7 +29,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from insight.report.audit import Need, RunView, published_rounds, round_candidates, with_view
+from insight.record.layout import round_name
+from insight.record.published import Need, RunView, published_rounds, with_view
+from insight.report.audit import round_candidates
 
 DPI = 100
 MAX_LEVELS = 8            # difficulty levels drawn as separate bands
@@ -433,7 +435,7 @@ def make_round_plots(run_dir: str | Path, round_: int, out_dir: str | Path,
       `round_` when plotting an older round (a tracking backfill), which leaves the
       current ones alone."""
     out = Path(out_dir)
-    tag = f"round_{round_:05d}"
+    tag = round_name(round_)
     paths: list[Path] = []
     if round_ > 0:
         paths.append(plot_score_vs_mean(run_dir, round_, out / tag / f"score_vs_mean_{tag}.png"))

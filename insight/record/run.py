@@ -22,8 +22,9 @@ import pyarrow as pa
 
 from insight.problems import datasets
 from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
-from insight.runlock import training_lock
-from insight.store import RunDamagedError, RunStore, utcnow
+from insight.record.layout import DB_NAME
+from insight.record.runlock import training_lock
+from insight.record.store import RunDamagedError, RunStore, utcnow
 
 EVAL_SPLIT_SEED_OFFSET = 7919  # held-out split drawn from a different stream than training
 

@@ -35,59 +35,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DB_NAME = "insight.duckdb"
-PARQUET_DIR = "parquet"
-
-# Per-round tables: (name, DDL). `round` is the training round that produced the rows.
-SCHEMA: dict[str, str] = {
-    "runs": """
-        run_id VARCHAR PRIMARY KEY, config_json VARCHAR, config_hash VARCHAR,
-        data_hash VARCHAR, seed BIGINT, selector VARCHAR, created_at TIMESTAMPTZ""",
-    "prompts": """
-        run_id VARCHAR, prompt_id VARCHAR, split VARCHAR, source VARCHAR, prompt VARCHAR,
-        answer VARCHAR, difficulty INTEGER, verifier VARCHAR""",
-    "rounds": """
-        run_id VARCHAR, round INTEGER, status VARCHAR, started_at TIMESTAMPTZ,
-        finished_at TIMESTAMPTZ, checkpoint VARCHAR, error VARCHAR, flow_run_id VARCHAR,
-        selector_state VARCHAR, rollouts_consumed BIGINT, metrics_json VARCHAR""",
-    "selections": """
-        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, selector VARCHAR, score DOUBLE,
-        mi DOUBLE, weight DOUBLE, alpha DOUBLE, beta DOUBLE, mean DOUBLE,
-        difficulty_factor DOUBLE, evidence_factor DOUBLE, selected BOOLEAN, rank INTEGER,
-        gen_batch INTEGER""",
-    "rollouts": """
-        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
-        completion VARCHAR, completion_token_ids INTEGER[], reward DOUBLE,
-        success BOOLEAN, verifier_error VARCHAR, truncated BOOLEAN, policy_round INTEGER,
-        gen_batch INTEGER, kept BOOLEAN, completion_chars INTEGER""",
-    "posteriors": """
-        run_id VARCHAR, round INTEGER, prompt_id VARCHAR, alpha DOUBLE, beta DOUBLE""",
-    "evals": """
-        run_id VARCHAR, round INTEGER, split VARCHAR, accuracy DOUBLE,
-        greedy_accuracy DOUBLE, n_problems INTEGER, n_samples INTEGER""",
-    "stages": """
-        run_id VARCHAR, round INTEGER, stage VARCHAR, seconds DOUBLE,
-        wall_seconds DOUBLE, finished_at TIMESTAMPTZ""",
-    "tracking": """
-        run_id VARCHAR, round INTEGER, mlflow_run_id VARCHAR, logged_at TIMESTAMPTZ,
-        uri VARCHAR""",
-    # One row per published Parquet file; `path` is relative to the run directory and
-    # `round` is RUN_TABLES_ROUND for parquet/{runs,prompts}.parquet.
-    "published": """
-        run_id VARCHAR, round INTEGER, path VARCHAR, bytes BIGINT, sha256 VARCHAR,
-        published_at TIMESTAMPTZ""",
-}
-
-# Tables whose rows belong to one round and are exported per round.
-ROUND_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
-# Everything a round writes before its commit: discarded when a round is redone.
-ROUND_OUTPUT_TABLES = ("selections", "rollouts", "posteriors", "evals", "stages")
+from insight.record.layout import DB_NAME, parquet_dir, round_dir
+from insight.record.schema import (ROUND_OUTPUT_TABLES, ROUND_TABLES, RUN_TABLES,
+                                   RUN_TABLES_ROUND, TABLES, ddl)
 
 # DuckDB's file layout: a file header and two database headers of 4 KiB each, then
 # fixed-size blocks numbered from 0 (`PRAGMA database_size` reports their size).
 _DUCKDB_HEADER_BYTES = 3 * 4096
-
-RUN_TABLES_ROUND = -1  # `published.round` of the run-level files (runs, prompts)
 
 _LOCK_RETRY_SECONDS = 30.0
 
@@ -124,20 +78,19 @@ class RunStore:
         if not self.read_only:
             have = {r[0] for r in self.con.execute(
                 "SELECT table_name FROM duckdb_tables()").fetchall()}
-            for name, ddl in SCHEMA.items():
+            for name in TABLES:
                 if name not in have:
-                    self.execute(f"CREATE TABLE {name} ({ddl})")
+                    self.execute(ddl(name))
             self._add_missing_columns()
         return self
 
     def _add_missing_columns(self) -> None:
-        """Columns added to SCHEMA since a run's file was created (a resumed older run
+        """Columns added to the schema since a run's file was created (a resumed older run
         would otherwise fail its first insert of a new column)."""
         have = {(t, c) for t, c in self.con.execute(
             "SELECT table_name, column_name FROM duckdb_columns()").fetchall()}
-        for name, ddl in SCHEMA.items():
-            for column in ddl.split(","):
-                col, col_type = column.split()[:2]
+        for name, cols in TABLES.items():
+            for col, col_type in cols:
                 if (name, col) not in have:
                     self.execute(f"ALTER TABLE {name} ADD COLUMN {col} {col_type}")
 
@@ -261,10 +214,10 @@ class RunStore:
     # -- Parquet export -------------------------------------------------------------
     def export_run_tables(self, run_id: str) -> None:
         """Write runs and prompts as Parquet (at run creation, and to repair them)."""
-        out = self.run_dir / PARQUET_DIR
+        out = parquet_dir(self.run_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = {}
-        for table in ("runs", "prompts"):
+        for table in RUN_TABLES:
             final = out / f"{table}.parquet"
             tmp = final.with_name(final.name + ".tmp")
             pq.write_table(self.sql(f"SELECT * FROM {table} WHERE run_id = ?", [run_id]), tmp)
@@ -315,8 +268,8 @@ class RunStore:
         for round_ in [RUN_TABLES_ROUND] + self.committed_rounds(run_id):
             files = recorded.get(round_)
             if not files:
-                where = PARQUET_DIR if round_ == RUN_TABLES_ROUND \
-                    else round_dir(Path(), round_).as_posix()
+                where = (parquet_dir(Path()) if round_ == RUN_TABLES_ROUND
+                         else round_dir(Path(), round_)).as_posix()
                 damaged[round_] = [f"{where}/ (no checksums recorded)"]
                 continue
             bad = [f"{path} ({why})" for path, (size, digest) in sorted(files.items())
@@ -324,10 +277,6 @@ class RunStore:
             if bad:
                 damaged[round_] = bad
         return damaged
-
-
-def round_dir(run_dir: str | Path, round_: int) -> Path:
-    return Path(run_dir) / PARQUET_DIR / f"round_{round_:05d}"
 
 
 def file_sha256(path: Path) -> str:
@@ -359,12 +308,12 @@ def _check_not_truncated(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     block count in its header is no bound: trailing free blocks are cut off)."""
     try:
         block_size = con.execute("SELECT block_size FROM pragma_database_size() "
-                                 "WHERE database_name = current_database()").fetchone()[0]
+                                 "WHERE database_name = current_database()").fetchall()[0][0]
         used = [r[0] for r in con.execute("SELECT block_id FROM pragma_metadata_info()").fetchall()]
         for (table,) in con.execute("SELECT table_name FROM duckdb_tables() "
                                     "WHERE database_name = current_database()").fetchall():
             used.append(con.execute("SELECT max(block_id) FROM pragma_storage_info(?)",
-                                    [table]).fetchone()[0])
+                                    [table]).fetchall()[0][0])
     except duckdb.Error as err:
         raise _damaged(path, err) from err
     last = max((b for b in used if b is not None and b >= 0), default=-1)

@@ -8,7 +8,7 @@ every rollout spent on them is wasted compute. It is reported split into all-0 a
 
 from __future__ import annotations
 
-from insight.store import RunStore
+from insight.record.store import RunStore
 
 
 def round_metrics(db: RunStore, run_id: str, round_: int, train_stats: dict | None = None) -> dict:

@@ -1,0 +1,162 @@
+"""Reading a run's published Parquet: the record as readers that must never block
+training see it (the audit, the plots, the benchmark analysis).
+
+The training process holds `insight.duckdb`'s write lock, so readers go through the
+Parquet folders instead: `parquet/round_NNNNN/` appears by an atomic rename after the
+round is committed, so the folders that exist are exactly the committed, published
+rounds (`*.tmp` folders, an export in progress, are ignored). `RunView` is an in-memory
+DuckDB connection over those files with every contract table bound, whatever the files
+hold (columns an older run lacks read as NULL).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from insight.record import layout, schema
+
+T = TypeVar("T")
+
+# Columns read from the (large) rollouts files: never the completions themselves.
+_ROLLOUT_COLUMNS = ("run_id", "round", "prompt_id", "sample_idx", "reward", "success",
+                    "gen_batch", "kept", "policy_round")
+
+
+def published_rounds(run_dir: str | Path) -> list[int]:
+    """Rounds whose Parquet folder has been published (committed rounds), ascending."""
+    root = layout.parquet_dir(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no published Parquet under {root}: is {run_dir} a run directory?")
+    return layout.rounds_in(root)
+
+
+def sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a function reads of one per-round table: which rounds (None = all published)
+    and an optional SQL filter on the table's columns. Loading it scans its files once."""
+
+    rounds: tuple[int, ...] | None = None
+    where: str = ""
+
+
+class RunView:
+    """An in-memory DuckDB connection over the run's published Parquet.
+
+    `runs` and `prompts` are views over their single files. Each per-round table named in
+    `need` is read once, with its filter, into an in-memory table (one scan over the
+    round files, instead of one per reference in a query); the others are empty tables of
+    the store's schema, so every query binds. Columns of SCHEMA missing from the files
+    read as NULL; a NULL or missing gen_batch reads as 0; the completions are never loaded."""
+
+    def __init__(self, run_dir: str | Path, need: dict[str, Need] | None = None):
+        self.run_dir = Path(run_dir)
+        self.rounds = published_rounds(run_dir)
+        self.con = duckdb.connect(":memory:")
+        # footers are read once per file even when a query scans a table twice
+        self.con.execute("SET parquet_metadata_cache = true")
+        root = layout.parquet_dir(self.run_dir)
+        for table in schema.RUN_TABLES:
+            self._create(table, [root / f"{table}.parquet"], "", view=True)
+        for table in schema.ROUND_TABLES + ("rounds",):
+            spec = (need or {}).get(table)
+            if spec is None:
+                self.con.execute(f"CREATE TABLE {table} AS SELECT "
+                                 f"{self._columns(table, None)} WHERE false")
+                continue
+            self._create(table, self.files(table, spec.rounds), spec.where, view=False)
+
+    def files(self, table: str, rounds: Iterable[int] | None = None) -> list[Path]:
+        published = set(self.rounds)
+        wanted = self.rounds if rounds is None else sorted(r for r in rounds if r in published)
+        return [layout.round_dir(self.run_dir, r) / f"{table}.parquet" for r in wanted]
+
+    @staticmethod
+    def _columns(table: str, present: set[str] | None) -> str:
+        cols = []
+        for name, typ in schema.columns(table).items():
+            if table == "rollouts" and name not in _ROLLOUT_COLUMNS:
+                continue
+            if present is None or name not in present:
+                default = "0" if name == "gen_batch" else "NULL"
+                cols.append(f"CAST({default} AS {typ}) AS {name}")
+            elif name == "gen_batch":
+                cols.append("coalesce(gen_batch, 0)::INTEGER AS gen_batch")
+            else:
+                cols.append(f"CAST({name} AS {typ}) AS {name}")
+        return ", ".join(cols)
+
+    def scan(self, table: str, rounds: Iterable[int] | None = None) -> str:
+        """A subquery reading `table` straight from its files (normalized columns), for a
+        streaming aggregate that need not hold the table in memory."""
+        return self._source(table, self.files(table, rounds))
+
+    def _source(self, table: str, files: list[Path]) -> str:
+        files = [f for f in files if f.is_file()]
+        if not files:
+            return f"(SELECT {self._columns(table, None)} WHERE false)"
+        # The store's tables keep one shape within a run, so the first file's schema is
+        # read. Should the first and last files differ (a run continued by a newer store
+        # that added a column), union_by_name is used, at a footer read per file.
+        first, last = (self._describe(f"read_parquet({sql_str(f)})")
+                       for f in (files[0], files[-1]))
+        union = ", union_by_name = true" if first != last else ""
+        listing = ", ".join(sql_str(f) for f in files)
+        source = f"read_parquet([{listing}]{union})"
+        present = set(first) | set(last)
+        return f"(SELECT {self._columns(table, present)} FROM {source})"
+
+    def _describe(self, source: str) -> list[str]:
+        return [r[0] for r in self.con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+
+    def _create(self, table: str, files: list[Path], where: str, *, view: bool) -> None:
+        kind = "VIEW" if view else "TABLE"
+        cond = f" WHERE {where}" if where else ""
+        self.con.execute(f"CREATE {kind} {table} AS SELECT * FROM "
+                         f"{self._source(table, files)} AS t{cond}")
+
+    def sql(self, query: str, params: dict | None = None) -> pa.Table:
+        return self.con.sql(query, params=params or None).to_arrow_table()
+
+    def scalar(self, query: str, params: dict | None = None):
+        rows = self.con.sql(query, params=params or None).fetchall()
+        return rows[0][0] if rows else None
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def with_view(run_dir, need: dict[str, Need] | None,
+              fn: Callable[[RunView], T]) -> T:
+    """Run `fn` on a fresh view; retry if a round folder vanished under us (a round being
+    re-published by `ensure_published` replaces its folder). A file DuckDB cannot read
+    (truncated, corrupt) is the user's to fix, so it is reported as one line naming it."""
+    for attempt in range(3):
+        view = None
+        try:
+            view = RunView(run_dir, need)
+            return fn(view)
+        except (duckdb.IOException, duckdb.InvalidInputException) as err:
+            if attempt == 2 or "No such file" not in str(err) and "not found" not in str(err):
+                raise ValueError(f"cannot read the published Parquet of {run_dir}: "
+                                 f"{_duckdb_reason(err)}") from err
+        finally:
+            if view is not None:
+                view.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _duckdb_reason(err: Exception) -> str:
+    """DuckDB's message without its error-class prefix, first line only."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return re.sub(r"^(Invalid Input|IO) Error: ", "", text)
