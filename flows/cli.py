@@ -47,7 +47,7 @@ def default_run_dir(cfg) -> Path:
 
 def cmd_train(args) -> int:
     from insight.config import load_config
-    from insight.record.run import load_run, open_or_create_run
+    from insight.record.run import check_config, load_run, open_or_create_run
     from insight.record.runlock import training_lock
 
     run_dir = Path(args.run_dir) if args.run_dir else None
@@ -55,6 +55,8 @@ def cmd_train(args) -> int:
     continues = run_dir is not None and db_path(run_dir).exists() \
         and args.config is None and not args.set and not args.selector and args.seed is None
     cfg = None if continues else load_config(args.config, _overrides(args))
+    if cfg is not None:
+        check_config(cfg)  # a config mistake is refused before a run directory exists
     run_dir = run_dir or default_run_dir(cfg)
     # Lock before reading or writing anything of the run: a second `train` on a run
     # that is training must not store its config before it is refused.
@@ -67,9 +69,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from insight.record.run import load_run, open_or_create_run
+    from insight.record.run import check_run_dir, load_run, open_or_create_run
     from insight.record.runlock import training_lock
 
+    check_run_dir(args.run_dir)  # a file or a missing run: one line, nothing created
     with training_lock(args.run_dir, create=False):
         run = load_run(args.run_dir)
         run = open_or_create_run(run.run_dir, run.config, allow_changed=False)

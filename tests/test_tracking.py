@@ -91,12 +91,12 @@ def test_the_mlflow_run_ends_failed_with_the_flow_then_finished_after_a_resume(
 def test_a_flow_refused_by_the_run_lock_leaves_the_mlflow_run_alone(
         prefect_api, tiny_policy_dir, tmp_path):
     from flows.train import train_flow
-    from insight.record.runlock import training_lock
+    from tests.test_runlock import lock_held_by_another_process
     cfg = config_from_dict(tiny_config(tiny_policy_dir, rounds=1,
                                        eval={"every": 1, "n_samples": 1}))
     run = open_or_create_run(tmp_path / "run", cfg)
     assert train_flow(str(run.run_dir), progress=False)["rounds"] == 1
-    with training_lock(run.run_dir):
+    with lock_held_by_another_process(run.run_dir):
         assert train_flow(str(run.run_dir), progress=False, return_state=True).is_failed()
     assert _mlflow_run(run).status == "FINISHED"
 

@@ -307,15 +307,14 @@ class VLLMEngine:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _verify(problem, completion: str):
-    from insight.problems.verifiers import verify
+def evaluate_accuracy(model, tokenizer, problems: Sequence[Any], *, batch_size: int = 512,
+                      **kwargs) -> dict:
+    """`engine_accuracy` with an in-memory Hugging Face model (see there)."""
+    return engine_accuracy(HFEngine(model, tokenizer, batch_size=batch_size), problems, **kwargs)
 
-    return verify(problem.verifier, completion, problem.answer)
 
-
-def evaluate_accuracy(
-    model,
-    tokenizer,
+def engine_accuracy(
+    engine: RolloutEngine,
     problems: Sequence[Any],
     *,
     n_samples: int = 4,
@@ -324,10 +323,11 @@ def evaluate_accuracy(
     seed: int = 0,
     top_p: float = 1.0,
     max_new_tokens: int = 8,
-    batch_size: int = 512,
+    success_threshold: float = 1.0,
 ) -> dict:
-    """Held-out accuracy of the policy on `problems` (objects with prompt_id, prompt,
-    answer, verifier), verified with `insight.problems.verifiers.verify`.
+    """Held-out accuracy of the policy behind `engine` on `problems` (objects with
+    prompt_id, prompt, answer, verifier), verified with `insight.problems.verifiers`, a
+    sample counting as solved by the same rule as a training rollout (`is_success`).
 
     greedy=True: one argmax completion per problem (n_samples ignored); accuracy is the
     share of problems solved. Otherwise avg@n: n_samples sampled completions per
@@ -335,24 +335,19 @@ def evaluate_accuracy(
     Returns {"accuracy", "n_problems", "n_samples", "greedy", "temperature",
     "per_problem": [{"prompt_id", "successes", "n"}]}.
     """
+    from insight.problems.verifiers import is_success, verify
+
     n = 1 if greedy else int(n_samples)
     if n < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    rolls = generate_rollouts(
-        model,
-        tokenizer,
-        [p.prompt for p in problems],
-        n,
-        temperature=0.0 if greedy else temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        batch_size=batch_size,
-    )
+    rolls = engine.generate([p.prompt for p in problems], n,
+                            temperature=0.0 if greedy else temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens, seed=seed)
     per_problem = []
     total = 0
     for prob, group in zip(problems, rolls):
-        s = sum(1 for r in group if _verify(prob, r.completion).success)
+        s = sum(1 for r in group if is_success(
+            verify(prob.verifier, r.completion, prob.answer).reward, success_threshold))
         total += s
         per_problem.append({"prompt_id": prob.prompt_id, "successes": s, "n": n})
     denom = max(1, n * len(problems))

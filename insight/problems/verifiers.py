@@ -107,8 +107,15 @@ SYMBOLIC_TIMEOUT_S = symbolic.DEFAULT_TIMEOUT_S
 @dataclass(frozen=True)
 class VerifyResult:
     reward: float  # in [0, 1]
-    success: bool
+    success: bool  # is_success(reward) at the default threshold
     error: str | None  # None when the completion was checked normally (right or wrong)
+
+
+def is_success(reward: float, threshold: float = 1.0) -> bool:
+    """THE definition of a successful completion, for training rollouts (the posterior's
+    evidence, DAPO's filter) and held-out evaluation alike: its reward reaches
+    `rollout.success_threshold` (1.0: only a fully correct answer counts)."""
+    return bool(reward >= threshold)
 
 
 _OK = VerifyResult(1.0, True, None)

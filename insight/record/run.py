@@ -12,6 +12,7 @@ relative to it, so a copied or moved run reads its own files, never the original
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import uuid
 from dataclasses import dataclass
@@ -87,18 +88,30 @@ def check_policy_path(cfg: RunConfig) -> Path:
     return path
 
 
+def check_config(cfg: RunConfig) -> tuple[list[datasets.Problem], list[datasets.Problem]]:
+    """Validate what a config points at, before any run directory is touched: the policy
+    path, the rollout engine, the dataset rows, a batch the pool can fill. Returns the
+    (train, held-out) problems."""
+    check_policy_path(cfg)
+    if cfg.policy.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        # Never a silent fallback to the HF sampler: the user asked for vLLM's throughput.
+        raise ValueError("policy.engine is 'vllm' but vLLM is not installed: install the "
+                         "GPU extra (pip install 'insight-rlvr[gpu]') or set policy.engine: hf")
+    train, held_out = build_problems(cfg)
+    if cfg.rollout.batch_size > len(train):
+        # Selection would quietly take the whole pool every round: not the experiment asked for.
+        raise ValueError(f"rollout.batch_size {cfg.rollout.batch_size} is larger than the "
+                         f"training pool of {len(train)} prompts")
+    return train, held_out
+
+
 def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False) -> Run:
     """Reopen the run in `run_dir`, or create it. Everything is validated before any
     training: config, policy path, dataset rows, the checkpoint a resume starts from.
     The run lock is held throughout, so a run another process is training is refused
     before its stored config is touched."""
     run_dir = Path(run_dir).resolve()
-    check_policy_path(cfg)
-    train, held_out = build_problems(cfg)
-    if cfg.rollout.batch_size > len(train):
-        # Selection would quietly take the whole pool every round: not the experiment asked for.
-        raise ValueError(f"rollout.batch_size {cfg.rollout.batch_size} is larger than the "
-                         f"training pool of {len(train)} prompts")
+    train, held_out = check_config(cfg)
     dh = data_hash(train, held_out)
     with training_lock(run_dir), RunStore(run_dir) as db:
         existing = db.get_run()
@@ -126,14 +139,20 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
     return Run(run_dir, run_id, cfg)
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Reopen an existing run with its stored config (used by every stage). Reading
-    never creates: a path without a run database is refused before DuckDB would make one."""
+def check_run_dir(run_dir: str | Path) -> Path:
+    """The resolved directory, if it holds a run database; one clear error otherwise."""
     run_dir = Path(run_dir).resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"not a run directory (it is a file): {run_dir}")
     if not (run_dir / DB_NAME).is_file():
         raise FileNotFoundError(f"no run in {run_dir} (start one with `insight train`)")
+    return run_dir
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Reopen an existing run with its stored config (used by every stage). Reading
+    never creates: a path without a run database is refused before DuckDB would make one."""
+    run_dir = check_run_dir(run_dir)
     with RunStore(run_dir) as db:
         row = db.get_run()
     if row is None:
@@ -207,10 +226,13 @@ def _prompt_rows(run_id: str, problems, split: str) -> pa.Table:
     })
 
 
-def load_problems_of(run: Run, split: str) -> list[datasets.Problem]:
-    with RunStore(run.run_dir) as db:
-        t = db.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier FROM prompts "
-                   "WHERE run_id = ? AND split = ? ORDER BY prompt_id", [run.run_id, split])
+def load_problems_of(run: Run, split: str, db: RunStore | None = None) -> list[datasets.Problem]:
+    """The run's prompts of one split (in an open store, or opening one)."""
+    if db is None:
+        with RunStore(run.run_dir) as db:
+            return load_problems_of(run, split, db)
+    t = db.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier FROM prompts "
+               "WHERE run_id = ? AND split = ? ORDER BY prompt_id", [run.run_id, split])
     return [datasets.Problem(**row) for row in t.to_pylist()]
 
 

@@ -187,7 +187,12 @@ class RunStore:
                          [error[:4000], utcnow(), run_id, round_])
 
     def commit_round(self, run_id: str, round_: int, *, checkpoint: str,
-                     selector_state: dict, rollouts_consumed: int, metrics: dict) -> None:
+                     rollouts_consumed: int, metrics: dict,
+                     selector_state: dict | None = None) -> None:
+        """Mark a running round committed. `selector_state` None keeps the state the
+        round's stages saved (`save_selector_state`)."""
+        if selector_state is not None:
+            self.save_selector_state(run_id, round_, selector_state)
         with self.transaction():
             n = self.scalar("SELECT count(*) FROM rounds WHERE run_id = ? AND round = ? "
                             "AND status = 'running'", [run_id, round_])
@@ -195,10 +200,10 @@ class RunStore:
                 raise RuntimeError(f"round {round_} is not running; cannot commit it")
             self.execute(
                 "UPDATE rounds SET status = 'committed', finished_at = ?, checkpoint = ?, "
-                "selector_state = ?, rollouts_consumed = ?, metrics_json = ?, error = NULL "
+                "rollouts_consumed = ?, metrics_json = ?, error = NULL "
                 "WHERE run_id = ? AND round = ?",
-                [utcnow(), checkpoint, json.dumps(selector_state), int(rollouts_consumed),
-                 json.dumps(metrics), run_id, round_])
+                [utcnow(), checkpoint, int(rollouts_consumed), json.dumps(metrics), run_id,
+                 round_])
 
     def record_stage(self, run_id: str, round_: int, stage: str, seconds: float,
                      wall_seconds: float | None = None) -> None:
@@ -210,6 +215,47 @@ class RunStore:
             self.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?)",
                              [run_id, round_, stage, float(seconds),
                               None if wall_seconds is None else float(wall_seconds), utcnow()])
+
+    # -- the stages' reads and writes --------------------------------------------------
+    def selector_state(self, run_id: str, round_: int) -> dict:
+        """The selector's own state (epoch position, ...) saved with a round; {} if none."""
+        row = self.round_row(run_id, round_)
+        return json.loads(row["selector_state"]) if row and row["selector_state"] else {}
+
+    def save_selector_state(self, run_id: str, round_: int, state: dict) -> None:
+        self.execute("UPDATE rounds SET selector_state = ? WHERE run_id = ? AND round = ?",
+                     [json.dumps(state), run_id, round_])
+
+    def posterior_snapshot(self, run_id: str, round_: int) -> pa.Table:
+        """(prompt_id, alpha, beta) after round `round_`'s update, by prompt id."""
+        return self.sql("SELECT prompt_id, alpha, beta FROM posteriors WHERE run_id = ? AND "
+                        "round = ? ORDER BY prompt_id", [run_id, round_])
+
+    def outcome_totals_before(self, run_id: str, round_: int) -> pa.Table:
+        """(prompt_id, s, n): successes and rollouts of every prompt before `round_`."""
+        return self.sql("SELECT prompt_id, sum(success::INT) AS s, count(*) AS n FROM "
+                        "rollouts WHERE run_id = ? AND round < ? GROUP BY prompt_id",
+                        [run_id, round_])
+
+    def round_outcomes(self, run_id: str, round_: int) -> pa.Table:
+        """(prompt_id, s, n) of one round's rollouts, kept or not, by prompt id."""
+        return self.sql("SELECT prompt_id, sum(success::INT)::DOUBLE AS s, "
+                        "count(*)::DOUBLE AS n FROM rollouts WHERE run_id = ? AND round = ? "
+                        "GROUP BY prompt_id ORDER BY prompt_id", [run_id, round_])
+
+    def selected_prompts(self, run_id: str, round_: int) -> list[str]:
+        """The prompts selected in a round, in generation order (batch, then rank)."""
+        return self.sql("SELECT prompt_id FROM selections WHERE run_id = ? AND round = ? AND "
+                        "selected ORDER BY gen_batch, rank",
+                        [run_id, round_]).column("prompt_id").to_pylist()
+
+    def kept_groups(self, run_id: str, round_: int) -> pa.Table:
+        """The rollouts the policy update learns from (DAPO's kept groups), with their
+        prompt text, ordered by generation batch, prompt and sample."""
+        return self.sql("SELECT r.prompt_id, r.sample_idx, r.reward, r.completion_token_ids, "
+                        "p.prompt FROM rollouts r JOIN prompts p USING (run_id, prompt_id) "
+                        "WHERE r.run_id = ? AND r.round = ? AND r.kept "
+                        "ORDER BY r.gen_batch, r.prompt_id, r.sample_idx", [run_id, round_])
 
     # -- Parquet export -------------------------------------------------------------
     def export_run_tables(self, run_id: str) -> None:

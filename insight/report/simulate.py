@@ -337,7 +337,7 @@ def run_simulation(sim: SimConfig, variant: Variant, seed: int, *,
 
 
 def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, Any]:
-    from insight.selection.dapo import DynamicSamplingRound
+    from insight.selection.dapo import generation_batches
     from insight.selection.posterior import PosteriorState
     from insight.selection.registry import get as selector_spec, make_selector
 
@@ -381,33 +381,30 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
         p = world.p_train()
         view = _eb_view(post, cum_s, cum_n) if empirical_bayes else post
         n_before = post.alpha + post.beta  # posterior concentration before this round
-        drawn: set = set()
-        all_idx, all_s, kept_idx, kept_s = [], [], [], []
-        # The pipeline's own accounting of a dynamic-sampling round (filter 0 < s < k,
-        # truncate to B, stop at B kept or max_num_gen_batches); one batch otherwise.
-        rnd = DynamicSamplingRound(batch_size=B, max_num_gen_batches=max_gen)
-        gen = 0
-        while rnd.wants_more():
+        timer = {"select": 0.0}
+
+        def draw(gen: int, drawn: frozenset) -> list[str]:
             rng = np.random.default_rng(np.random.SeedSequence([seed, 44, round_, gen]))
             t0 = time.perf_counter()
-            sel = selector.select(view, B, k, rng, exclude=frozenset(drawn)) if drawn \
+            sel = selector.select(view, B, k, rng, exclude=drawn) if drawn \
                 else selector.select(view, B, k, rng)
-            select_seconds += time.perf_counter() - t0
-            chosen = list(sel.prompt_ids)
-            if not chosen:
-                break
-            drawn.update(chosen)
+            timer["select"] += time.perf_counter() - t0
+            return list(sel.prompt_ids)
+
+        def generate(chosen: list[str], gen: int) -> np.ndarray:
             idx = np.fromiter((index[c] for c in chosen), dtype=np.int64, count=len(chosen))
-            s = _rollout(p, idx, k, seed, round_, gen)
-            all_idx.append(idx)
-            all_s.append(s)
-            keep = np.asarray(rnd.add(chosen, s, np.full(len(s), k)), dtype=bool) if dynamic \
-                else np.ones(len(s), dtype=bool)
-            kept_idx.append(idx[keep])
-            kept_s.append(s[keep])
-            gen += 1
-            if not dynamic:
-                break
+            return _rollout(p, idx, k, seed, round_, gen)
+
+        # The pipeline's own round loop (insight.selection.dapo): for dynamic sampling,
+        # filter 0 < s < k, truncate to B, refill until B kept or max_num_gen_batches.
+        batches, _ = generation_batches(draw, generate, batch_size=B, k=k, dapo=dynamic,
+                                        max_num_gen_batches=max_gen)
+        select_seconds += timer["select"]
+        all_idx = [np.fromiter((index[c] for c in b.prompt_ids), dtype=np.int64,
+                               count=len(b.prompt_ids)) for b in batches]
+        all_s = [b.successes for b in batches]
+        kept_idx = [i[b.keep] for i, b in zip(all_idx, batches)]
+        kept_s = [b.successes[b.keep] for b in batches]
         g_idx, g_s = np.concatenate(all_idx), np.concatenate(all_s)
         t_idx, t_s = np.concatenate(kept_idx), np.concatenate(kept_s)
         consumed += k * len(g_idx)

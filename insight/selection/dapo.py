@@ -1,11 +1,15 @@
-"""DAPO dynamic sampling's round rule: keep the groups with mixed outcomes (0 < s < k),
-keep at most B of them, and count what the extra generation batches cost. One
-implementation, used by the pipeline's rollout stage and by the simulator alike.
+"""A round's generation loop, and DAPO dynamic sampling's rule within it: keep the groups
+with mixed outcomes (0 < s < k), keep at most B of them, refill with further generation
+batches until B are kept or `max_num_gen_batches` ran, and count what the extra batches
+cost. One implementation (`generation_batches`), driven by the pipeline's rollout stage
+(real generation, verified rewards) and by the simulator (a toy learner) alike; a
+selector without DAPO's refill runs the same loop for exactly one batch, keeping all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,6 +48,7 @@ class DynamicSamplingRound:
 
     batch_size: int
     max_num_gen_batches: int
+    filter_mixed: bool = True  # False: keep every group (a selector without DAPO)
     gen_batches: int = 0
     kept_ids: list[str] = field(default_factory=list)
     groups_generated: int = 0
@@ -63,7 +68,7 @@ class DynamicSamplingRound:
         check_lengths(ids, successes=successes, trials=trials)
         s, t = validate_outcomes(successes, trials)
         s, t = np.broadcast_to(s, (len(ids),)), np.broadcast_to(t, (len(ids),))
-        mixed = filter_groups(s, t)
+        mixed = filter_groups(s, t) if self.filter_mixed else np.ones(len(ids), dtype=bool)
         keep = truncate_kept(mixed, self.batch_size - len(self.kept_ids))
         self.gen_batches += 1
         self.groups_generated += len(ids)
@@ -87,3 +92,40 @@ class DynamicSamplingRound:
                 "reached_max_gen_batches": (len(self.kept_ids) < self.batch_size
                                             and self.gen_batches >= self.max_num_gen_batches)}
 
+
+
+@dataclass(frozen=True)
+class GenerationBatch:
+    """One generation batch of a round: its prompts, their successes of k, which groups
+    the update keeps."""
+
+    prompt_ids: list[str]
+    successes: np.ndarray
+    keep: np.ndarray
+
+
+def generation_batches(draw: Callable[[int, frozenset], Sequence[str]],
+                       generate: Callable[[list[str], int], np.ndarray], *,
+                       batch_size: int, k: int, dapo: bool,
+                       max_num_gen_batches: int = 1
+                       ) -> tuple[list[GenerationBatch], DynamicSamplingRound]:
+    """Run one round's generation: `draw(gen_batch, drawn)` gives the prompts of batch
+    `gen_batch` (batch 0: the round's selection; later ones: refills that exclude the
+    prompts in `drawn`), `generate(prompt_ids, gen_batch)` rolls them out k times and
+    returns each group's successes. With `dapo`, groups without mixed outcomes are
+    dropped and batches are drawn until `batch_size` groups are kept, the draw runs dry,
+    or `max_num_gen_batches` ran; without it, one batch is generated and kept whole."""
+    rnd = DynamicSamplingRound(batch_size=batch_size,
+                               max_num_gen_batches=max_num_gen_batches if dapo else 1,
+                               filter_mixed=dapo)
+    drawn: set[str] = set()
+    batches: list[GenerationBatch] = []
+    while rnd.wants_more():
+        ids = [str(p) for p in draw(rnd.gen_batches, frozenset(drawn))]
+        if not ids:
+            break
+        drawn.update(ids)
+        successes = np.asarray(generate(ids, rnd.gen_batches))
+        keep = rnd.add(ids, successes, np.full(len(ids), float(k)))
+        batches.append(GenerationBatch(ids, successes, keep))
+    return batches, rnd
