@@ -187,23 +187,10 @@ def read_run_record(run_dir: str | Path, rounds: int | None = None) -> dict:
         if run is None:
             raise FileNotFoundError(f"no run in {run_dir}")
         rid = run["run_id"]
-        rows = db.sql("SELECT round, rollouts_consumed, metrics_json FROM rounds WHERE run_id = ? "
-                      "AND status = 'committed' ORDER BY round", [rid]).to_pylist()
-        evals = db.sql("SELECT e.round, e.accuracy, e.greedy_accuracy FROM evals e JOIN rounds r "
-                       "USING (run_id, round) WHERE e.run_id = ? AND r.status = 'committed' "
-                       "ORDER BY e.round", [rid]).to_pylist()
-        by_level = db.sql(
-            "WITH g AS (SELECT o.round, o.prompt_id, sum(o.success::INT) AS s, count(*) AS n "
-            "FROM rollouts o JOIN rounds r USING (run_id, round) WHERE o.run_id = ? "
-            "AND r.status = 'committed' AND o.round BETWEEN 1 AND ? GROUP BY ALL) "
-            "SELECT p.difficulty, count(*) AS groups, avg((g.s = 0)::INT) AS all_fail, "
-            "avg((g.s = g.n)::INT) AS all_success, sum(g.s) / sum(g.n) AS success_rate "
-            "FROM g JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id "
-            "WHERE p.difficulty IS NOT NULL GROUP BY ALL ORDER BY 1",
-            [rid, rounds if rounds is not None else 2**31 - 1, rid]).to_pylist()
-        walls = {r["round"]: r["w"] for r in db.sql(
-            "SELECT round, sum(wall_seconds) AS w FROM stages WHERE run_id = ? GROUP BY round",
-            [rid]).to_pylist()}
+        rows = db.committed_round_metrics(rid)
+        evals = db.committed_evals(rid)
+        by_level = db.group_outcomes_by_difficulty(rid, rounds)
+        walls = db.round_wall_seconds(rid)
     if rounds is not None:
         rows = [r for r in rows if r["round"] <= rounds]
         evals = [e for e in evals if e["round"] <= rounds]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from insight.record.run import Run
 from insight.record.layout import plots_root, round_dir
-from insight.record.store import RunStore, utcnow
+from insight.record.store import RunStore
 
 log = logging.getLogger("insight.tracking")
 
@@ -51,9 +51,7 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None 
     params), reused on resume; the latest Prefect flow run id is kept as a tag."""
     client = _client(run, uri)
     with RunStore(run.run_dir) as db:
-        mlflow_run_id = db.scalar("SELECT mlflow_run_id FROM tracking WHERE run_id = ? AND "
-                                  "round = ? AND uri = ?",
-                                  [run.run_id, RUN_LEVEL, tracking_uri(run, uri)])
+        mlflow_run_id = db.tracked_mlflow_run(run.run_id, RUN_LEVEL, tracking_uri(run, uri))
     if mlflow_run_id is None:
         exp = client.get_experiment_by_name(run.config.tracking.experiment)
         if exp is None:
@@ -77,9 +75,7 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None 
         for i in range(0, len(items), 100):
             client.log_batch(mlflow_run_id, params=items[i:i + 100])
         with RunStore(run.run_dir) as db:
-            db.execute("INSERT INTO tracking (run_id, round, mlflow_run_id, logged_at, uri) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       [run.run_id, RUN_LEVEL, mlflow_run_id, utcnow(), tracking_uri(run, uri)])
+            db.record_tracked(run.run_id, RUN_LEVEL, mlflow_run_id, tracking_uri(run, uri))
     if flow_run_id:
         client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
         # A resumed training reopens the MLflow run an earlier flow run ended.
@@ -107,11 +103,7 @@ def log_round(run: Run, round_: int, mlflow_run_id: str, uri: str | None = None)
         log_files(client, mlflow_run_id, tables, folder, f"rounds/{folder.name}")
     log_files(client, mlflow_run_id, round_plots(run, round_), plots_root(run.run_dir), "plots")
     with RunStore(run.run_dir) as db:
-        db.execute("DELETE FROM tracking WHERE run_id = ? AND round = ? AND uri = ?",
-                   [run.run_id, round_, tracking_uri(run, uri)])
-        db.execute("INSERT INTO tracking (run_id, round, mlflow_run_id, logged_at, uri) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   [run.run_id, round_, mlflow_run_id, utcnow(), tracking_uri(run, uri)])
+        db.record_tracked(run.run_id, round_, mlflow_run_id, tracking_uri(run, uri))
 
 
 def round_plots(run: Run, round_: int) -> list[Path]:
@@ -155,10 +147,7 @@ def _local_artifact_dir(client, mlflow_run_id: str) -> Path | None:
 
 def untracked_rounds(run: Run, uri: str | None = None) -> list[int]:
     with RunStore(run.run_dir) as db:
-        t = db.sql("SELECT round FROM rounds WHERE run_id = ? AND status = 'committed' AND "
-                   "round NOT IN (SELECT round FROM tracking WHERE run_id = ? AND uri = ?) "
-                   "ORDER BY round", [run.run_id, run.run_id, tracking_uri(run, uri)])
-    return t.column("round").to_pylist()
+        return db.untracked_rounds(run.run_id, tracking_uri(run, uri))
 
 
 def sync(run: Run, flow_run_id: str | None = None, uri: str | None = None) -> list[int]:

@@ -4,6 +4,8 @@ backfilled into MLflow later from the record alone).
 The one that matters most for data selection: the share of zero-advantage groups, i.e.
 groups whose k rollouts all failed or all succeeded. Their gradient is exactly zero, so
 every rollout spent on them is wasted compute. It is reported split into all-0 and all-1.
+
+The queries are `RunStore`'s named ones; this module keeps the arithmetic over them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,7 @@ from insight.record.store import RunStore
 
 
 def round_metrics(db: RunStore, run_id: str, round_: int, train_stats: dict | None = None) -> dict:
-    groups = db.sql("""
-        SELECT prompt_id, gen_batch, count(*) AS k, sum(success::INT) AS s,
-               avg(reward) AS r, stddev_pop(reward) AS sd, bool_and(kept) AS kept
-        FROM rollouts WHERE run_id = ? AND round = ? GROUP BY prompt_id, gen_batch""",
-        [run_id, round_]).to_pylist()
+    groups = db.group_outcomes(run_id, round_)
     if not groups:
         raise RuntimeError(f"round {round_} has no rollouts")
     n_groups = len(groups)
@@ -35,24 +33,18 @@ def round_metrics(db: RunStore, run_id: str, round_: int, train_stats: dict | No
         "all_success_share": sum(1 for g in zero if g["s"] == g["k"]) / n_groups,
         "extra_rollouts": rollouts - sum(g["k"] for g in kept),
     }
-    sel = db.sql("""SELECT avg(score) AS mean, min(score) AS lo, max(score) AS hi,
-                           avg(mi) AS mi, avg(weight) AS w, avg(mean) AS m
-                    FROM selections WHERE run_id = ? AND round = ? AND selected""",
-                 [run_id, round_]).to_pylist()[0]
+    sel = db.selected_score_stats(run_id, round_)
     m.update({"score_mean": sel["mean"], "score_min": sel["lo"], "score_max": sel["hi"],
               "selected_mi_mean": sel["mi"], "selected_weight_mean": sel["w"],
               "selected_posterior_mean": sel["m"]})
-    prev = db.scalar("SELECT coalesce(sum(rollouts_consumed), 0) FROM rounds WHERE run_id = ? "
-                     "AND status = 'committed' AND round < ?", [run_id, round_])
+    prev = db.rollouts_committed_before(run_id, round_)
     m["rollouts_total"] = int(prev) + rollouts
-    ev = db.sql("SELECT accuracy, greedy_accuracy FROM evals WHERE run_id = ? AND round = ?",
-                [run_id, round_]).to_pylist()
-    if ev:
-        m["heldout_accuracy"] = ev[0]["accuracy"]
-        if ev[0]["greedy_accuracy"] is not None:
-            m["heldout_greedy_accuracy"] = ev[0]["greedy_accuracy"]
-    for row in db.sql("SELECT stage, seconds, wall_seconds FROM stages WHERE run_id = ? "
-                      "AND round = ?", [run_id, round_]).to_pylist():
+    ev = db.eval_row(run_id, round_)
+    if ev is not None:
+        m["heldout_accuracy"] = ev["accuracy"]
+        if ev["greedy_accuracy"] is not None:
+            m["heldout_greedy_accuracy"] = ev["greedy_accuracy"]
+    for row in db.stage_times(run_id, round_):
         m[f"seconds_{row['stage']}"] = row["seconds"]
         if row["wall_seconds"] is not None:
             m[f"overhead_{row['stage']}"] = max(0.0, row["wall_seconds"] - row["seconds"])
@@ -81,16 +73,9 @@ def summarize(run) -> dict:
     resumed past it ends between evaluations), so `final_accuracy_round` says which."""
     with RunStore(run.run_dir) as db:
         rounds = db.committed_rounds(run.run_id)
-        evals = db.sql("SELECT e.round, e.accuracy, e.greedy_accuracy FROM evals e JOIN rounds r "
-                       "USING (run_id, round) WHERE e.run_id = ? AND r.status = 'committed' "
-                       "ORDER BY e.round", [run.run_id]).to_pylist()
-        agg = db.sql("SELECT coalesce(sum(rollouts_consumed), 0) AS rollouts, "
-                     "avg(CAST(json_extract(metrics_json, '$.zero_adv_share') AS DOUBLE)) AS z "
-                     "FROM rounds WHERE run_id = ? AND status = 'committed' AND round > 0",
-                     [run.run_id]).to_pylist()[0]
-        stage = db.sql("SELECT stage, avg(seconds) AS s, avg(wall_seconds - seconds) AS o "
-                       "FROM stages WHERE run_id = ? GROUP BY stage ORDER BY stage",
-                       [run.run_id]).to_pylist()
+        evals = db.committed_evals(run.run_id)
+        agg = db.summary_aggregates(run.run_id)
+        stage = db.stage_time_means(run.run_id)
     first, last = (evals[0], evals[-1]) if evals else ({}, {})
     return {
         "run_id": run.run_id,

@@ -7,6 +7,9 @@ round is committed, so the folders that exist are exactly the committed, publish
 rounds (`*.tmp` folders, an export in progress, are ignored). `RunView` is an in-memory
 DuckDB connection over those files with every contract table bound, whatever the files
 hold (columns an older run lacks read as NULL).
+
+The plots' data queries live here too, as functions of a `RunView` named for what they
+return, so the SQL over the published record has one owner and the plots only draw.
 """
 
 from __future__ import annotations
@@ -160,3 +163,77 @@ def _duckdb_reason(err: Exception) -> str:
     """DuckDB's message without its error-class prefix, first line only."""
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return re.sub(r"^(Invalid Input|IO) Error: ", "", text)
+
+
+# -- the plots' data queries (insight.report.plots) ------------------------------------
+def prompt_difficulties(view: RunView) -> dict[str, int]:
+    """prompt_id -> difficulty level, for the prompts that carry one."""
+    t = view.sql("SELECT prompt_id, any_value(difficulty) AS d FROM prompts "
+                 "WHERE difficulty IS NOT NULL GROUP BY prompt_id")
+    return dict(zip(t.column("prompt_id").to_pylist(), t.column("d").to_pylist()))
+
+
+def posterior_mean_quantiles(view: RunView, levels: dict[str, int] | None) -> pa.Table:
+    """Per round and `level`: the number of prompts `n` and the 5/25/50/75/95% quantiles
+    `q` of their posterior means. `levels` (prompt_id -> difficulty) splits the prompts
+    by level, -1 for a prompt without one; None pools them all as level 0."""
+    if levels is not None:
+        view.con.register("_diff", pa.table({"prompt_id": list(levels),
+                                             "difficulty": list(levels.values())}))
+        group = "coalesce(d.difficulty, -1)"
+        join = "LEFT JOIN _diff d USING (prompt_id)"
+    else:
+        group, join = "0", ""
+    return view.sql(f"""
+        SELECT p.round, {group} AS level, count(*) AS n,
+               quantile_cont(p.alpha / (p.alpha + p.beta),
+                             [0.05, 0.25, 0.5, 0.75, 0.95]) AS q
+        FROM posteriors p {join} GROUP BY ALL ORDER BY level, p.round""")
+
+
+def posterior_mean_trajectories(view: RunView, n_prompts: int) -> pa.Table:
+    """`prompt_id`, `round`, posterior `mean` of a fixed sample of `n_prompts` prompts
+    (chosen by a hash of the id, so every redraw shows the same ones)."""
+    return view.sql(f"""
+        WITH ids AS (SELECT DISTINCT prompt_id FROM posteriors
+                     ORDER BY hash(prompt_id), prompt_id LIMIT {int(n_prompts)})
+        SELECT prompt_id, round, alpha / (alpha + beta) AS mean FROM posteriors
+        WHERE prompt_id IN (SELECT prompt_id FROM ids) ORDER BY prompt_id, round""")
+
+
+def prompts_by_first_selection(view: RunView) -> pa.Table:
+    """The training prompts (those with a posterior) with `difficulty` and `first_round`
+    selected, ordered by difficulty, then first selection (never selected last), then id:
+    the rows of the selection heat map."""
+    return view.sql("""
+        WITH train AS (SELECT DISTINCT prompt_id FROM posteriors),
+        first AS (SELECT prompt_id, min(round) AS first_round FROM selections
+                  WHERE selected GROUP BY prompt_id)
+        SELECT t.prompt_id, p.difficulty, f.first_round
+        FROM train t LEFT JOIN first f USING (prompt_id)
+        LEFT JOIN (SELECT prompt_id, any_value(difficulty) AS difficulty FROM prompts
+                   GROUP BY prompt_id) p USING (prompt_id)
+        ORDER BY p.difficulty NULLS LAST, f.first_round NULLS LAST, t.prompt_id""")
+
+
+def selected_success_rates(view: RunView) -> pa.Table:
+    """Per selected (prompt_id, round): the success `rate` of its rollouts that round,
+    NULL when none are stored: the cells of the selection heat map."""
+    return view.sql("""
+        SELECT s.prompt_id, s.round, avg(o.success::INT) AS rate
+        FROM selections s LEFT JOIN rollouts o
+             ON o.round = s.round AND o.prompt_id = s.prompt_id
+            AND o.gen_batch = s.gen_batch
+        WHERE s.selected GROUP BY s.prompt_id, s.round""")
+
+
+def selected_group_outcomes(view: RunView) -> pa.Table:
+    """Per selected group with rollouts: the posterior mean `m` it was selected at, its
+    successes `s` and rollouts `k`: the prediction and the outcome, for calibration."""
+    return view.sql("""
+        WITH obs AS (
+            SELECT round, prompt_id, gen_batch, sum(success::INT) AS s, count(*) AS k
+            FROM rollouts GROUP BY ALL)
+        SELECT s.mean AS m, o.s, o.k
+        FROM selections s JOIN obs o USING (round, prompt_id, gen_batch)
+        WHERE s.selected AND s.mean IS NOT NULL""")

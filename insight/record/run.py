@@ -25,7 +25,7 @@ from insight.problems import datasets
 from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
 from insight.record.layout import DB_NAME
 from insight.record.runlock import training_lock
-from insight.record.store import RunDamagedError, RunStore, utcnow
+from insight.record.store import RunDamagedError, RunStore
 
 EVAL_SPLIT_SEED_OFFSET = 7919  # held-out split drawn from a different stream than training
 
@@ -123,16 +123,15 @@ def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bo
                 # The stored config stays the record of how earlier rounds were made;
                 # the new one governs the rounds to come.
                 if cfg_old != cfg:
-                    db.execute("UPDATE runs SET config_json = ?, config_hash = ?, data_hash = ?",
-                                   [cfg.model_dump_json(), cfg.identity_hash(), dh])
+                    db.replace_run_identity(cfg.model_dump_json(), cfg.identity_hash(), dh)
             else:
-                db.execute("UPDATE runs SET config_json = ?", [cfg.model_dump_json()])
+                db.update_run_config(cfg.model_dump_json())
             return Run(run_dir, existing["run_id"], cfg)
         run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         with db.transaction():
-            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [run_id, cfg.model_dump_json(), cfg.identity_hash(), dh,
-                            cfg.seed, cfg.selector.type, utcnow()])
+            db.create_run(run_id, config_json=cfg.model_dump_json(),
+                          config_hash=cfg.identity_hash(), data_hash=dh, seed=cfg.seed,
+                          selector=cfg.selector.type)
             db.insert("prompts", _prompt_rows(run_id, train, "train"))
             db.insert("prompts", _prompt_rows(run_id, held_out, "eval"))
         db.export_run_tables(run_id)
@@ -231,8 +230,7 @@ def load_problems_of(run: Run, split: str, db: RunStore | None = None) -> list[d
     if db is None:
         with RunStore(run.run_dir) as db:
             return load_problems_of(run, split, db)
-    t = db.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier FROM prompts "
-               "WHERE run_id = ? AND split = ? ORDER BY prompt_id", [run.run_id, split])
+    t = db.prompt_rows(run.run_id, split)
     return [datasets.Problem(**row) for row in t.to_pylist()]
 
 

@@ -325,6 +325,151 @@ class RunStore:
         return damaged
 
 
+    # -- named queries: metrics, summary, run, tracking, benchmark ----
+    # Every read or write of the contract tables outside a training stage goes through a
+    # method here, named for what it returns, so the SQL over the record has one owner
+    # and a schema change is made (and reviewed) in one place.
+
+    # metrics of one round (insight.record.metrics.round_metrics)
+    def group_outcomes(self, run_id: str, round_: int) -> list[dict]:
+        """One row per generated group (prompt, gen_batch) of the round: its rollouts `k`,
+        successes `s`, reward mean `r` and population sd `sd`, and whether it was `kept`
+        for training; the zero-advantage share and the wasted rollouts derive from them."""
+        return self.sql("""
+            SELECT prompt_id, gen_batch, count(*) AS k, sum(success::INT) AS s,
+                   avg(reward) AS r, stddev_pop(reward) AS sd, bool_and(kept) AS kept
+            FROM rollouts WHERE run_id = ? AND round = ? GROUP BY prompt_id, gen_batch""",
+            [run_id, round_]).to_pylist()
+
+    def selected_score_stats(self, run_id: str, round_: int) -> dict:
+        """Score mean/min/max (`mean`, `lo`, `hi`) and the mean MI `mi`, weight `w` and
+        posterior mean `m` of the round's selected prompts: what the selector favoured."""
+        return self.sql("""SELECT avg(score) AS mean, min(score) AS lo, max(score) AS hi,
+                           avg(mi) AS mi, avg(weight) AS w, avg(mean) AS m
+                    FROM selections WHERE run_id = ? AND round = ? AND selected""",
+                        [run_id, round_]).to_pylist()[0]
+
+    def rollouts_committed_before(self, run_id: str, round_: int) -> int:
+        """Rollouts consumed by the committed rounds before `round_`, so a round's running
+        total follows from the record alone (also for a round recomputed later)."""
+        return self.scalar("SELECT coalesce(sum(rollouts_consumed), 0) FROM rounds "
+                           "WHERE run_id = ? AND status = 'committed' AND round < ?",
+                           [run_id, round_])
+
+    def eval_row(self, run_id: str, round_: int) -> dict | None:
+        """The round's held-out `accuracy` and `greedy_accuracy`, or None when the round
+        was not evaluated (evaluation runs every `eval.every` rounds)."""
+        rows = self.sql("SELECT accuracy, greedy_accuracy FROM evals WHERE run_id = ? "
+                        "AND round = ?", [run_id, round_]).to_pylist()
+        return rows[0] if rows else None
+
+    def stage_times(self, run_id: str, round_: int) -> list[dict]:
+        """The round's stages with their compute `seconds` and `wall_seconds`."""
+        return self.sql("SELECT stage, seconds, wall_seconds FROM stages WHERE run_id = ? "
+                        "AND round = ?", [run_id, round_]).to_pylist()
+
+    # the run summary (insight.record.metrics.summarize) and the benchmark's record
+    def committed_evals(self, run_id: str) -> list[dict]:
+        """`round`, `accuracy`, `greedy_accuracy` of every evaluated committed round, in
+        round order: an evaluation of a round that never committed does not count."""
+        return self.sql("SELECT e.round, e.accuracy, e.greedy_accuracy FROM evals e "
+                        "JOIN rounds r USING (run_id, round) WHERE e.run_id = ? "
+                        "AND r.status = 'committed' ORDER BY e.round", [run_id]).to_pylist()
+
+    def summary_aggregates(self, run_id: str) -> dict:
+        """Over the committed training rounds (round 0 trains nothing): the rollouts
+        consumed (`rollouts`) and the mean zero-advantage share (`z`) from their metrics."""
+        return self.sql("SELECT coalesce(sum(rollouts_consumed), 0) AS rollouts, "
+                        "avg(CAST(json_extract(metrics_json, '$.zero_adv_share') AS DOUBLE)) "
+                        "AS z FROM rounds WHERE run_id = ? AND status = 'committed' "
+                        "AND round > 0", [run_id]).to_pylist()[0]
+
+    def stage_time_means(self, run_id: str) -> list[dict]:
+        """Per stage, in name order: mean compute seconds `s` and mean orchestration
+        overhead `o` (wall minus compute) over every recorded round."""
+        return self.sql("SELECT stage, avg(seconds) AS s, avg(wall_seconds - seconds) AS o "
+                        "FROM stages WHERE run_id = ? GROUP BY stage ORDER BY stage",
+                        [run_id]).to_pylist()
+
+    # the run itself (insight.record.run)
+    def create_run(self, run_id: str, *, config_json: str, config_hash: str, data_hash: str,
+                   seed: int, selector: str) -> None:
+        """The run's one `runs` row, stamped now (the caller adds its prompts in the
+        same transaction, so a run never exists without them)."""
+        self.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [run_id, config_json, config_hash, data_hash, seed, selector, utcnow()])
+
+    def update_run_config(self, config_json: str) -> None:
+        """Store the config a resume runs under (its identity unchanged: only settings
+        such as the number of rounds or the tracking target may differ)."""
+        self.execute("UPDATE runs SET config_json = ?", [config_json])
+
+    def replace_run_identity(self, config_json: str, config_hash: str, data_hash: str) -> None:
+        """Store a changed setup the user allowed (`--allow-changed`): config and the
+        hashes that identify the experiment from now on."""
+        self.execute("UPDATE runs SET config_json = ?, config_hash = ?, data_hash = ?",
+                     [config_json, config_hash, data_hash])
+
+    def prompt_rows(self, run_id: str, split: str) -> pa.Table:
+        """The `split` prompts ("train" or "eval") with the fields of a Problem, in id
+        order, so every stage sees the pool in one order."""
+        return self.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier "
+                        "FROM prompts WHERE run_id = ? AND split = ? ORDER BY prompt_id",
+                        [run_id, split])
+
+    # MLflow tracking (tasks.tracking)
+    def tracked_mlflow_run(self, run_id: str, round_: int, uri: str) -> str | None:
+        """The MLflow run that `round_` (or the run-level row) was logged to at `uri`."""
+        return self.scalar("SELECT mlflow_run_id FROM tracking WHERE run_id = ? AND "
+                           "round = ? AND uri = ?", [run_id, round_, uri])
+
+    def record_tracked(self, run_id: str, round_: int, mlflow_run_id: str, uri: str) -> None:
+        """Remember that `round_` reached the MLflow at `uri`, replacing an earlier
+        record of it (a re-logged round keeps one row)."""
+        with self.transaction():
+            self.execute("DELETE FROM tracking WHERE run_id = ? AND round = ? AND uri = ?",
+                         [run_id, round_, uri])
+            self.execute("INSERT INTO tracking (run_id, round, mlflow_run_id, logged_at, uri) "
+                         "VALUES (?, ?, ?, ?, ?)", [run_id, round_, mlflow_run_id, utcnow(), uri])
+
+    def untracked_rounds(self, run_id: str, uri: str) -> list[int]:
+        """Committed rounds the MLflow at `uri` has not seen, ascending: what a sync logs."""
+        t = self.sql("SELECT round FROM rounds WHERE run_id = ? AND status = 'committed' AND "
+                     "round NOT IN (SELECT round FROM tracking WHERE run_id = ? AND uri = ?) "
+                     "ORDER BY round", [run_id, run_id, uri])
+        return t.column("round").to_pylist()
+
+    # the benchmark's reading of finished runs (flows.bench_compare.read_run_record)
+    def committed_round_metrics(self, run_id: str) -> list[dict]:
+        """`round`, `rollouts_consumed` and `metrics_json` of every committed round, in
+        round order: a run's learning curve and its cost axis."""
+        return self.sql("SELECT round, rollouts_consumed, metrics_json FROM rounds "
+                        "WHERE run_id = ? AND status = 'committed' ORDER BY round",
+                        [run_id]).to_pylist()
+
+    def group_outcomes_by_difficulty(self, run_id: str,
+                                     through_round: int | None = None) -> list[dict]:
+        """Per prompt difficulty level, over the committed training rounds up to
+        `through_round` (default all): generated `groups`, the shares of all-fail and
+        all-success groups, and the `success_rate`. Where a selector's savings went."""
+        last = through_round if through_round is not None else 2**31 - 1
+        return self.sql(
+            "WITH g AS (SELECT o.round, o.prompt_id, sum(o.success::INT) AS s, count(*) AS n "
+            "FROM rollouts o JOIN rounds r USING (run_id, round) WHERE o.run_id = ? "
+            "AND r.status = 'committed' AND o.round BETWEEN 1 AND ? GROUP BY ALL) "
+            "SELECT p.difficulty, count(*) AS groups, avg((g.s = 0)::INT) AS all_fail, "
+            "avg((g.s = g.n)::INT) AS all_success, sum(g.s) / sum(g.n) AS success_rate "
+            "FROM g JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id "
+            "WHERE p.difficulty IS NOT NULL GROUP BY ALL ORDER BY 1",
+            [run_id, last, run_id]).to_pylist()
+
+    def round_wall_seconds(self, run_id: str) -> dict[int, float | None]:
+        """Each recorded round's wall-clock seconds, summed over its stages."""
+        rows = self.sql("SELECT round, sum(wall_seconds) AS w FROM stages WHERE run_id = ? "
+                        "GROUP BY round", [run_id]).to_pylist()
+        return {r["round"]: r["w"] for r in rows}
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -23,14 +23,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from insight.record.layout import round_name
-from insight.record.published import Need, RunView, published_rounds, with_view
+from insight.record.published import (Need, RunView, posterior_mean_quantiles,
+                                      posterior_mean_trajectories, prompt_difficulties,
+                                      prompts_by_first_selection, published_rounds,
+                                      selected_group_outcomes, selected_success_rates,
+                                      with_view)
 from insight.report.audit import round_candidates
 
 DPI = 100
@@ -67,12 +70,6 @@ def _empty(out_png, title: str, message: str) -> Path:
     return _save(fig, out_png)
 
 
-def _difficulties(v: RunView) -> dict[str, int]:
-    t = v.sql("SELECT prompt_id, any_value(difficulty) AS d FROM prompts "
-              "WHERE difficulty IS NOT NULL GROUP BY prompt_id")
-    return dict(zip(t.column("prompt_id").to_pylist(), t.column("d").to_pylist()))
-
-
 # --- posterior means over rounds ------------------------------------------------------
 def plot_posterior_means(run_dir: str | Path, out_png: str | Path,
                          n_trajectories: int = 24, through_round: int | None = None) -> Path:
@@ -83,28 +80,13 @@ def plot_posterior_means(run_dir: str | Path, out_png: str | Path,
     round shows what was known then."""
 
     def draw(v: RunView) -> Path:
-        diff = _difficulties(v)
+        diff = prompt_difficulties(v)
         levels = sorted({d for d in diff.values()})
         by_level = 0 < len(levels) <= MAX_LEVELS
-        if by_level:
-            v.con.register("_diff", pa.table({"prompt_id": list(diff),
-                                              "difficulty": list(diff.values())}))
-            group = "coalesce(d.difficulty, -1)"
-            join = "LEFT JOIN _diff d USING (prompt_id)"
-        else:
-            group, join = "0", ""
-        q = v.sql(f"""
-            SELECT p.round, {group} AS level, count(*) AS n,
-                   quantile_cont(p.alpha / (p.alpha + p.beta),
-                                 [0.05, 0.25, 0.5, 0.75, 0.95]) AS q
-            FROM posteriors p {join} GROUP BY ALL ORDER BY level, p.round""")
+        q = posterior_mean_quantiles(v, diff if by_level else None)
         if q.num_rows == 0:
             return _empty(out_png, "posterior means", "no posterior published yet")
-        sample = v.sql(f"""
-            WITH ids AS (SELECT DISTINCT prompt_id FROM posteriors
-                         ORDER BY hash(prompt_id), prompt_id LIMIT {int(n_trajectories)})
-            SELECT prompt_id, round, alpha / (alpha + beta) AS mean FROM posteriors
-            WHERE prompt_id IN (SELECT prompt_id FROM ids) ORDER BY prompt_id, round""")
+        sample = posterior_mean_trajectories(v, n_trajectories)
         fig = _figure(10, 5, right=1 - 2.5 / 10)
         ax = fig.add_subplot()
         cmap = colormaps["viridis"]
@@ -245,21 +227,8 @@ def plot_selection_heatmap(run_dir: str | Path, out_png: str | Path,
     up to `through_round` (default: all published)."""
 
     def draw(v: RunView) -> Path:
-        prompts = v.sql("""
-            WITH train AS (SELECT DISTINCT prompt_id FROM posteriors),
-            first AS (SELECT prompt_id, min(round) AS first_round FROM selections
-                      WHERE selected GROUP BY prompt_id)
-            SELECT t.prompt_id, p.difficulty, f.first_round
-            FROM train t LEFT JOIN first f USING (prompt_id)
-            LEFT JOIN (SELECT prompt_id, any_value(difficulty) AS difficulty FROM prompts
-                       GROUP BY prompt_id) p USING (prompt_id)
-            ORDER BY p.difficulty NULLS LAST, f.first_round NULLS LAST, t.prompt_id""")
-        cells = v.sql("""
-            SELECT s.prompt_id, s.round, avg(o.success::INT) AS rate
-            FROM selections s LEFT JOIN rollouts o
-                 ON o.round = s.round AND o.prompt_id = s.prompt_id
-                AND o.gen_batch = s.gen_batch
-            WHERE s.selected GROUP BY s.prompt_id, s.round""")
+        prompts = prompts_by_first_selection(v)
+        cells = selected_success_rates(v)
         rounds = [r for r in v.rounds if 0 < r <= last_round]
         if prompts.num_rows == 0 or not rounds:
             return _empty(out_png, "selections", "no selection round published yet")
@@ -365,13 +334,7 @@ def plot_calibration(run_dir: str | Path, out_png: str | Path, bins: int = 10,
     so recent rounds say more)."""
 
     def draw(v: RunView) -> Path:
-        t = v.sql("""
-            WITH obs AS (
-                SELECT round, prompt_id, gen_batch, sum(success::INT) AS s, count(*) AS k
-                FROM rollouts GROUP BY ALL)
-            SELECT s.mean AS m, o.s, o.k
-            FROM selections s JOIN obs o USING (round, prompt_id, gen_batch)
-            WHERE s.selected AND s.mean IS NOT NULL""")
+        t = selected_group_outcomes(v)
         title = "Calibration: posterior mean at selection vs observed s/k"
         if t.num_rows == 0:
             return _empty(out_png, title, "no selected prompt with rollouts yet")
