@@ -269,7 +269,7 @@ def test_long_hostile_text_is_graded_quickly(completion):
     assert time.perf_counter() - start < 1.0
 
 
-def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix(monkeypatch):
+def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix():
     from types import SimpleNamespace
 
     from insight import stages
@@ -278,13 +278,17 @@ def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix(monkeypat
 
     hostile = "\\boxed{42}" + "9" * 1_000_000  # 1 MB, injected in place of a sampled one
     group = [generation.Rollout("\\boxed{42}", [5, 2], False), generation.Rollout(hostile, [7], True)]
-    monkeypatch.setattr(stages.generation, "generate_rollouts", lambda *a, **kw: [group])
+
+    class HostileEngine:  # a RolloutEngine whose second sample is the injected one
+        def generate(self, prompts, k, **sampling):
+            return [group]
+
     rollout_cfg = SimpleNamespace(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8,
                                   success_threshold=1.0)
     run = SimpleNamespace(run_id="r", config=SimpleNamespace(seed=0, rollout=rollout_cfg))
     problems = {"p": SimpleNamespace(prompt="Q?", verifier="math", answer="42")}
 
-    rows, successes = stages._generate_group_rows(run, 1, None, None, problems, ["p"], 0)
+    rows, successes = stages._generate_group_rows(run, 1, HostileEngine(), problems, ["p"], 0)
 
     assert rows["completion"].to_pylist() == ["\\boxed{42}", hostile[:MAX_COMPLETION_CHARS]]
     assert rows["completion_chars"].to_pylist() == [len("\\boxed{42}"), len(hostile)]

@@ -86,7 +86,7 @@ def evaluate(
     ``ops`` is the set of allowed binary operators among ``+ - * / **``.
     ``allow_float=False`` rejects decimal literals (``1.5``, ``2e3``).
     """
-    tree = _parse(text, max_len=max_len, max_nodes=max_nodes)
+    tree = parse_expression(text, max_len=max_len, max_nodes=max_nodes)
     deadline = None if timeout is None else time.perf_counter() + timeout
     ctx = _Ctx(text, frozenset(ops), allow_unary, allow_float, max_exponent, max_bits, deadline)
     try:
@@ -104,7 +104,7 @@ def literals(
 
     Only parses; call :func:`evaluate` to also check the construct whitelist.
     """
-    tree = _parse(text, max_len=max_len, max_nodes=max_nodes)
+    tree = parse_expression(text, max_len=max_len, max_nodes=max_nodes)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant):
@@ -117,7 +117,7 @@ def literals(
 # --------------------------------------------------------------------------- internals
 
 
-def _parse(text: str, *, max_len: int, max_nodes: int) -> ast.Expression:
+def parse_expression(text: str, *, max_len: int, max_nodes: int) -> ast.Expression:
     if not isinstance(text, str):
         raise SafeMathError(f"expected a string, got {type(text).__name__}")
     if len(text) > max_len:

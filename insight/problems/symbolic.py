@@ -210,7 +210,7 @@ def _join(tokens: list[tuple[str, str]]) -> str:
 def _check(source: str) -> ast.Expression:
     """Parse ``source`` and check its tree against the whitelist and the size limits."""
     # the rewrite at most doubles the (already bounded) input: the length cap is loose
-    tree = safe_math._parse(source, max_len=4 * MAX_LEN, max_nodes=safe_math.DEFAULT_MAX_NODES)
+    tree = safe_math.parse_expression(source, max_len=4 * MAX_LEN, max_nodes=safe_math.DEFAULT_MAX_NODES)
     _bits(tree.body, source, depth=0)
     return tree
 
