@@ -61,11 +61,12 @@ def run_dir(tmp_path) -> Path:
 
 
 # --- a path that is not a run ------------------------------------------------------------
-def test_resume_of_a_file_is_refused_and_the_file_untouched(tmp_path):
+@pytest.mark.parametrize("command", ["resume", "train"])
+def test_a_file_given_as_run_directory_is_refused_and_untouched(command, tmp_path):
     a_file = tmp_path / "hostname"
     a_file.write_text("host\n")
     before = snapshot(tmp_path)
-    out = insight("resume", "--run-dir", a_file)
+    out = insight(command, "--run-dir", a_file)
     assert_one_line_error(out, "not a run directory", str(a_file))
     assert snapshot(tmp_path) == before
 

@@ -38,6 +38,8 @@ def training_lock(run_dir: str | Path, *, create: bool = True) -> Iterator[None]
     """Hold the run's lock for the block. `create=False` refuses a directory that does
     not exist instead of creating it (resuming a run that is not there)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"not a run directory (it is a file): {run_dir}")
     if not run_dir.is_dir():
         if not create:
             raise FileNotFoundError(f"no run directory at {run_dir}")
