@@ -5,8 +5,8 @@ the selections and the metrics can all be rebuilt from them, so the store is wha
 run resumable and auditable. Tables follow the storage contract users query with SQL;
 names are stable, columns may be added.
 
-Concurrency model: only the training process opens `insight.duckdb` read-write, and it
-opens it briefly, per stage (`with RunStore(path) as db:`). Readers that must never
+Concurrency model: only the training process opens `insight.duckdb` read-write, once
+per stage, for that stage (`with RunStore(path) as db:`). Readers that must never
 block a training run (`insight audit`) read the Parquet files instead, which are
 published per round, after the round's commit, by an atomic rename.
 
@@ -57,7 +57,8 @@ def utcnow() -> datetime:
 
 
 class RunStore:
-    """Read-write access to one run's DuckDB file. Use as a context manager, briefly."""
+    """Read-write access to one run's DuckDB file. Use as a context manager, once per
+    stage or command: DuckDB lets one process at a time hold the file."""
 
     def __init__(self, run_dir: str | Path, *, read_only: bool = False):
         self.run_dir = Path(run_dir)
