@@ -403,6 +403,24 @@ def write_checkpoint(run: Run, round_: int, trainer: Trainer, stats: dict) -> Pa
     return dst
 
 
+def flush_optimizer_state(run: Run) -> int | None:
+    """When a flow run ends cleanly before its state save (`--max-new-rounds`, a
+    scheduled run), write the kept-alive trainer's optimizer state into the checkpoint
+    of the round it holds, so the next flow run (a new process) continues exactly.
+    Adds `optimizer.pt` atomically (written aside, renamed); the weights are untouched.
+    Returns the round whose state was written, None when there was nothing to do."""
+    trainer = _TRAINER.get("trainer")
+    if trainer is None or trainer.key != _trainer_key(run) or trainer.state_round == trainer.round:
+        return None
+    ckpt = checkpoint_dir(run, trainer.round)
+    if trainer.weights is None or trainer.weights != _weights_identity(ckpt):
+        return None  # the checkpoint on disk is not the one this trainer wrote
+    grpo.save_optimizer_state(ckpt, trainer.optimizer,
+                              extra={"round": trainer.round, OPTIMIZER_STATE_ROUND: trainer.round})
+    trainer.state_round = trainer.round
+    return trainer.round
+
+
 def keep_trainer(trainer: Trainer) -> None:
     """Keep the trainer alive for the next round of its run (one slot per process)."""
     _TRAINER["trainer"] = trainer

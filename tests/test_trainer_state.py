@@ -210,3 +210,31 @@ def test_save_state_every_is_validated():
     with pytest.raises((ValueError, ConfigError), match="save_state_every"):
         config_from_dict({"train": {"save_state_every": 0}})
     assert config_from_dict({}).train.save_state_every == 1
+
+
+def test_a_clean_stop_between_two_state_saves_writes_the_exact_optimizer_state(
+        tmp_path, caplog):
+    """What the flow does when it ends before the next save (--max-new-rounds, a
+    scheduled run): the kept-alive trainer's state goes into the last checkpoint, so the
+    next flow run, a new process, continues exactly and says nothing."""
+    run = make_run(tmp_path, save_state_every=2)
+    run_rounds(run, [1, 2, 3])
+    ckpt = layout.checkpoint_dir(run.run_dir, 3)
+    weights_before = (ckpt / "model.safetensors").stat()
+    assert not grpo.has_optimizer_state(ckpt)
+    assert stages.flush_optimizer_state(run) == 3
+    assert stages.flush_optimizer_state(run) is None  # already written: nothing to do
+    kept = stages._TRAINER["trainer"].optimizer.state_dict()
+    saved = torch.load(ckpt / grpo.OPTIMIZER_FILE, weights_only=True)
+    assert saved["state"].keys() == kept["state"].keys()
+    assert all(torch.equal(saved["state"][i]["exp_avg_sq"], kept["state"][i]["exp_avg_sq"])
+               for i in kept["state"])
+    state = json.loads((ckpt / grpo.TRAINER_STATE_FILE).read_text())
+    assert state[stages.OPTIMIZER_STATE_ROUND] == 3 and state["optimizer_steps"] == 3
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns == weights_before.st_mtime_ns
+    assert not list(ckpt.glob("*.tmp"))
+
+    stages.drop_trainer()
+    with caplog.at_level(logging.WARNING, logger="insight.stages"):
+        run_rounds(run, [4])
+    assert not [r for r in caplog.records if r.name == "insight.stages"]

@@ -393,6 +393,23 @@ def save_trainer_state(path, model, tokenizer, optimizer=None, *, extra: dict | 
     return p
 
 
+def save_optimizer_state(path, optimizer, *, extra: dict | None = None) -> None:
+    """Add the optimizer state (and the JSON that describes it) to an existing
+    checkpoint directory, each file written aside and renamed, so a reader sees the old
+    file or the new one, never half of one."""
+    import os
+
+    p = Path(path)
+    tmp = p / (OPTIMIZER_FILE + ".tmp")
+    torch.save(optimizer.state_dict(), tmp)
+    os.replace(tmp, p / OPTIMIZER_FILE)
+    state = {**read_trainer_state(p), **(extra or {}),
+             "optimizer_steps": _optimizer_steps(optimizer)}
+    tmp = p / (TRAINER_STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, p / TRAINER_STATE_FILE)
+
+
 def _optimizer_steps(optimizer) -> int:
     for st in optimizer.state.values():
         s = st.get("step")
