@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from insight.record.metrics import format_progress, summarize
 from insight.record.run import check_resume_checkpoint, load_run
 from insight.record.runlock import training_lock
-from insight.stages import ensure_published
+from insight.stages import ensure_published, flush_optimizer_state
 from insight.record.store import RunStore
 from tasks import stages as t
 from tasks.tracking import try_end, try_sync
@@ -114,6 +114,9 @@ def _train_rounds(run, target: int, max_new_rounds: int | None, flow_run_id: str
         _say(progress, format_progress(r, target, metrics))
         if warning:
             _say(progress, f"  warning: {warning}")
+    # Stopping before the next `train.save_state_every` save: keep the exact optimizer
+    # state, so the next flow run (a new process) continues as if never stopped.
+    flush_optimizer_state(run)
 
 
 def _say(enabled: bool, line: str) -> None:

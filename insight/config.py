@@ -109,7 +109,13 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     normalize_std: bool = Field(True, description="Divide group advantages by the group std.")
     keep_checkpoints: int = Field(2, ge=1, description=(
-        "Round checkpoints kept on disk (older ones are pruned after each commit)."))
+        "Round checkpoints kept on disk (older ones are pruned after each commit; the "
+        "newest saved optimizer state is kept too, since a resume needs it)."))
+    save_state_every: int = Field(1, ge=1, description=(
+        "Write the full optimizer state every N rounds (and at the planned last round); "
+        "the policy weights are written every round. 1 keeps resume exact; larger saves "
+        "disk and time on big models, and a resume after a crash between two saves "
+        "continues from the last weights with the last saved optimizer state."))
 
 
 class EvalConfig(_Strict):

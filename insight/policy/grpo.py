@@ -393,12 +393,34 @@ def save_trainer_state(path, model, tokenizer, optimizer=None, *, extra: dict | 
     return p
 
 
+def save_optimizer_state(path, optimizer, *, extra: dict | None = None) -> None:
+    """Add the optimizer state (and the JSON that describes it) to an existing
+    checkpoint directory, each file written aside and renamed, so a reader sees the old
+    file or the new one, never half of one."""
+    import os
+
+    p = Path(path)
+    tmp = p / (OPTIMIZER_FILE + ".tmp")
+    torch.save(optimizer.state_dict(), tmp)
+    os.replace(tmp, p / OPTIMIZER_FILE)
+    state = {**read_trainer_state(p), **(extra or {}),
+             "optimizer_steps": _optimizer_steps(optimizer)}
+    tmp = p / (TRAINER_STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, p / TRAINER_STATE_FILE)
+
+
 def _optimizer_steps(optimizer) -> int:
     for st in optimizer.state.values():
         s = st.get("step")
         if s is not None:
             return int(s)
     return 0
+
+
+def has_optimizer_state(path) -> bool:
+    """Whether directory `path` holds a full optimizer state (not only policy weights)."""
+    return (Path(path) / OPTIMIZER_FILE).is_file()
 
 
 def load_trainer_state(
@@ -409,22 +431,35 @@ def load_trainer_state(
     betas=(0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    optimizer_from=None,
 ):
     """(model [train mode], tokenizer, optimizer) from a directory written by
     `save_trainer_state` or any policy directory (then the optimizer starts fresh).
-    `lr` (and betas, eps, weight_decay) override what the saved state holds."""
+    `lr` (and betas, eps, weight_decay) override what the saved state holds.
+
+    `optimizer_from` is the directory whose optimizer state to load, when it is not
+    `path` itself: a run that saves the optimizer only every few rounds continues from
+    the newest weights with the newest saved optimizer state. Adam's moments are per
+    parameter in parameter order, which the weights of a later round share."""
     from insight.policy.model import load_policy
 
     model, tok = load_policy(path, device=device)
     model.train()
     opt = make_optimizer(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    opt_file = Path(path) / OPTIMIZER_FILE
-    if opt_file.is_file():
-        sd = torch.load(opt_file, map_location=_model_device(model), weights_only=True)
+    state_dir = Path(path if optimizer_from is None else optimizer_from)
+    if has_optimizer_state(state_dir):
+        sd = torch.load(state_dir / OPTIMIZER_FILE, map_location=_model_device(model),
+                        weights_only=True)
         opt.load_state_dict(sd)
-        for g in opt.param_groups:
-            g.update(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    set_hyperparameters(opt, lr, betas=betas, eps=eps, weight_decay=weight_decay)
     return model, tok, opt
+
+
+def set_hyperparameters(optimizer, lr: float, *, betas=(0.9, 0.999), eps: float = 1e-8,
+                        weight_decay: float = 0.0) -> None:
+    """The config's hyperparameters win over those a saved or kept-alive state holds."""
+    for g in optimizer.param_groups:
+        g.update(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 def read_trainer_state(path) -> dict:

@@ -8,7 +8,7 @@ Everything loads from and saves to directories, so pipeline stages pass paths on
   prompt is encoded as `<bos>` followed by one token per character.
 - `build_tiny_policy(seed, **size)`: a standard `LlamaForCausalLM` (no custom modelling
   code), so the same load / generate / update code serves real HF models.
-- `save_policy` / `load_policy`: `save_pretrained` / `from_pretrained` on a local path;
+- `save_policy` / `load_policy`: `save_pretrained` (safetensors) / `from_pretrained` on a local path;
   `load_policy` fails fast naming the path, sets left padding and falls back to EOS as
   the pad token.
 """
@@ -146,11 +146,13 @@ def _quiet_progress():
 
 
 def save_policy(model, tokenizer, path: str | os.PathLike) -> Path:
-    """Save model weights/config and tokenizer to `path` (created if needed)."""
+    """Save model weights/config and tokenizer to `path` (created if needed). Weights are
+    always safetensors: that file is what rollout, evaluation and vLLM read, and it loads
+    without unpickling anything."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with _quiet_progress():
-        model.save_pretrained(path)
+        model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
     return path
 
