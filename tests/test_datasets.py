@@ -268,7 +268,12 @@ def test_load_custom_fields_and_generated_ids(tmp_path):
     rows = [{"question": "q?", "solution": "blah #### 72"}, {"question": "r?", "solution": "#### 5"}]
     path = _write(tmp_path / "gsm.jsonl", rows)
     problems = load_problems(path, id_field=None, prompt_field="question", answer_field="solution")
-    assert [p.prompt_id for p in problems] == ["gsm-0", "gsm-1"]
+    # ids come from the content: the same rows elsewhere (another file, reordered) keep them
+    again = load_problems(_write(tmp_path / "other.jsonl", rows[::-1]), id_field=None,
+                          prompt_field="question", answer_field="solution")
+    assert {p.prompt_id for p in problems} == {p.prompt_id for p in again}
+    assert len({p.prompt_id for p in problems}) == 2
+    assert all(p.prompt_id.startswith("q-") for p in problems)
     assert verify("math", "The answer is 72.", problems[0].answer).success
 
 
