@@ -173,6 +173,9 @@ def test_three_rounds_of_a_chat_model_see_the_rendered_prompt_everywhere(
     # generation (rollout and evaluation) and the update got the recorded text, nothing else
     assert set(generated) <= rendered and set(trained) <= rendered
     assert trained and set(trained) <= set(generated)
+    # and the audit shows it, from the published Parquet
+    from insight.report.audit import prompt_history
+    assert prompt_history(run.run_dir, rows[0]["prompt_id"])["rendered"] == rows[0]["rendered"]
 
 
 def render_expected(prompt: str) -> str:
