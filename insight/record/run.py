@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from insight.problems import datasets, local_data
-from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
+from insight.config import (ArithmeticData, CountdownData, LocalData, PolicyConfig, RunConfig,
+                            config_from_dict)
 from insight.record.layout import DB_NAME
 from insight.record.runlock import training_lock
 from insight.record.store import RunDamagedError, RunStore
@@ -82,10 +83,12 @@ def data_hash(train, held_out) -> str:
 def check_policy_path(cfg: RunConfig) -> Path:
     path = cfg.resolved_policy_path()
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"policy.path does not exist or is not a directory: {path} "
-            "(rebuild the embedded one with `python -m flows.cli_bootstrap --out "
-            "checkpoints/tiny-arith`)")
+        embedded = cfg.policy.path == PolicyConfig().path
+        hint = (" (rebuild the embedded one with `python -m flows.cli_bootstrap --out "
+                "checkpoints/tiny-arith`)" if embedded else
+                " (set it with --set policy.path=/local/model/dir)")
+        raise FileNotFoundError(f"policy.path does not exist or is not a directory: {path}"
+                                + hint)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"policy.path has no config.json (not a model directory): {path}")
     return path
