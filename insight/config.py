@@ -80,8 +80,8 @@ class CountdownData(_PromptFields):
 class LocalData(_PromptFields):
     type: Literal["local"] = "local"
     train_path: str = Field(description=(
-        "Training prompts: .jsonl, .json, .csv, .parquet, or a datasets save_to_disk "
-        "directory (needs the datasets package)."))
+        "Training prompts: .jsonl, .json, .csv, .parquet, or a directory written by "
+        "datasets' save_to_disk (one split: point at its subdirectory)."))
     eval_path: str = Field(description="Held-out prompts, same formats.")
     id_field: str | None = Field("prompt_id", description=(
         "Column holding a unique prompt id; null gives each row a stable id from its "

@@ -339,13 +339,6 @@ def test_load_bad_files(tmp_path):
         load_problems(_write(tmp_path / "arith.jsonl", ROWS), verifier="arithmetic")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
-def test_save_to_disk_directory_needs_datasets(tmp_path):
-    (tmp_path / "ds").mkdir()
-    with pytest.raises(ValueError, match="'datasets' package"):
-        load_problems(tmp_path / "ds")
-
-
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="datasets not installed")
 def test_save_to_disk_round_trip(tmp_path):
     import datasets

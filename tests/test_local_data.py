@@ -1,6 +1,7 @@
 """Local real-world datasets: GSM8K, MATH and DAPO-Math rows load as they are published."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,13 +98,19 @@ def test_id_field_null_is_valid_yaml_config(tmp_path):
     assert cfg.data.id_field is None and cfg.data.answer_format == "gsm8k"
 
 
-def test_save_to_disk_directory_without_the_datasets_package_is_one_clear_error(tmp_path):
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="needs the 'datasets' package"):
-            load_problems(tmp_path)
-    else:  # pragma: no cover - depends on the environment
-        ds = datasets.Dataset.from_list([{"prompt_id": "a", "prompt": "1+1=", "answer": "2"}])
-        ds.save_to_disk(str(tmp_path / "saved"))
-        assert [p.answer for p in load_problems(tmp_path / "saved")] == ["2"]
+SAVED = Path(__file__).parent / "data" / "save_to_disk" / "gsm8k_dict"  # by datasets 5.2.0
+
+
+def test_save_to_disk_directories_load_without_the_datasets_package():
+    kw = dict(id_field=None, prompt_field="question", answer_format="gsm8k")
+    assert [(p.prompt, p.answer) for p in load_problems(SAVED / "train", **kw)] == [
+        ("What is 1+1?", "2"), ("What is 2+3?", "5")]
+    assert [p.answer for p in load_problems(SAVED / "test", **kw)] == ["5"]
+    assert [p.answer for p in load_problems(SAVED, split="test", **kw)] == ["5"]
+    with pytest.raises(ValueError, match=r"holds splits \['train', 'test'\]; point at one"):
+        load_problems(SAVED, **kw)
+
+
+def test_a_directory_not_written_by_save_to_disk_is_named(tmp_path):
+    with pytest.raises(ValueError, match="not one written by save_to_disk"):
+        load_problems(tmp_path)

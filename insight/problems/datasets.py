@@ -17,8 +17,7 @@ Generated tasks (for the embedded, download-free default run):
 All generated prompts use only characters of :data:`ALPHABET`.
 
 Loading (:mod:`insight.problems.local_data`): :func:`load_problems` reads ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` and
-directories written by ``datasets.Dataset.save_to_disk`` (needs the optional ``datasets``
-package); every load is checked by :func:`validate_problems`, whose errors name the row,
+directories written by ``datasets`` ``save_to_disk`` (read with pyarrow); every load is checked by :func:`validate_problems`, whose errors name the row,
 the id and the field.
 """
 

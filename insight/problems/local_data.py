@@ -3,7 +3,8 @@
 Real datasets differ in three ways this module absorbs, so none needs a conversion step:
 
 - the file: ``.jsonl``, ``.json``, ``.csv``, ``.parquet``, or a directory written by
-  ``datasets.Dataset.save_to_disk`` (needs the optional ``datasets`` package);
+  ``datasets`` ``save_to_disk`` (its Arrow files are read directly: the ``datasets``
+  package is not needed);
 - where the fields are: a field name may be a dotted path into nested columns
   (DAPO-Math: ``reward_model.ground_truth``), and a prompt may be a list of chat
   messages (``[{"role": "user", "content": ...}]``), whose user turn is the prompt;
@@ -118,25 +119,35 @@ def _read_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> list[dict[str, Any]]:
-    try:
-        import datasets as hf_datasets  # optional dependency
-    except ImportError:
-        raise ValueError(
-            f"{path} is a directory: loading a dataset saved with save_to_disk needs the "
-            "'datasets' package, which is not installed (pip install datasets), or "
-            "export it to .jsonl/.parquet"
-        ) from None
-    ds = hf_datasets.load_from_disk(str(path))
-    if isinstance(ds, hf_datasets.DatasetDict):
+    """Rows of a directory written by ``datasets`` ``save_to_disk``, read with pyarrow
+    (the ``datasets`` package is not needed): ``state.json`` names the Arrow stream
+    files of a Dataset; a DatasetDict's ``dataset_dict.json`` names its splits, one
+    subdirectory each."""
+    import pyarrow as pa
+
+    splits_file, state_file = path / "dataset_dict.json", path / "state.json"
+    if splits_file.is_file():
+        splits = json.loads(splits_file.read_text()).get("splits", [])
         if split is None:
-            if len(ds) != 1:
-                raise ValueError(f"{path} holds splits {sorted(ds)}; name one (e.g. "
-                                 f"{path}/{sorted(ds)[0]})")
-            split = next(iter(ds))
-        if split not in ds:
-            raise ValueError(f"{path} has no split {split!r}; has {sorted(ds)}")
-        ds = ds[split]
-    return ds.to_list()
+            if len(splits) != 1:
+                raise ValueError(f"{path} holds splits {splits}; point at one of them "
+                                 f"(e.g. {path / splits[0]})" if splits else f"{path}: no splits")
+            split = splits[0]
+        if split not in splits:
+            raise ValueError(f"{path} has no split {split!r}; has {splits}")
+        return _read_saved_dataset(path / split, None)
+    if not state_file.is_file():
+        raise ValueError(f"{path} is a directory but not one written by save_to_disk "
+                         "(no state.json or dataset_dict.json)")
+    files = [path / f["filename"] for f in json.loads(state_file.read_text())["_data_files"]]
+    tables = []
+    for file in files:
+        try:
+            with pa.memory_map(str(file)) as source:
+                tables.append(pa.ipc.open_stream(source).read_all())
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"{file}: not a readable Arrow file: {exc}") from None
+    return pa.concat_tables(tables).to_pylist() if tables else []
 
 
 # ---------------------------------------------------------------------------- fields
