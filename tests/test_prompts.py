@@ -104,8 +104,9 @@ def test_chat_template_without_one_in_the_tokenizer_is_refused(tiny_policy_dir, 
 # --- prompt length -------------------------------------------------------------------
 def test_a_prompt_over_max_prompt_tokens_is_refused_by_id(qwen_dir, tmp_path):
     cfg = _config(qwen_dir, tmp_path, rollout={"max_prompt_tokens": 20})
-    with pytest.raises(ValueError, match=r"train prompt q-[0-9a-f]{16} \(\d+ tokens\).*"
-                                         r"20-token limit.*on_long_prompt: skip"):
+    with pytest.raises(ValueError, match=r"6 train prompt\(s\) longer than the 20-token limit "
+                                         r"\(rollout.max_prompt_tokens\): q-[0-9a-f]{16} "
+                                         r"\(\d+ tokens\).*on_long_prompt: skip"):
         check_config(cfg)
 
 

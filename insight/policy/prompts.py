@@ -120,9 +120,9 @@ def render_problems(tokenizer, problems: Sequence[Problem], fmt: PromptFormat, *
     if long and on_long != "skip":
         named = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:3])
         more = f" and {len(long) - 3} more" if len(long) > 3 else ""
-        raise ValueError(f"{split} prompt {named}{more} longer than the {limit}-token limit "
-                         "(rollout.max_prompt_tokens); raise it, or set "
-                         "rollout.on_long_prompt: skip to leave such prompts out")
+        raise ValueError(f"{len(long)} {split} prompt(s) longer than the {limit}-token limit "
+                         f"(rollout.max_prompt_tokens): {named}{more}; raise the limit, or "
+                         "set rollout.on_long_prompt: skip to leave such prompts out")
     if long:
         log.warning("left out %d %s prompt(s) longer than %d tokens (first: %s)", len(long),
                     split, limit, long[0][0])
