@@ -23,14 +23,11 @@ the id and the field.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 
