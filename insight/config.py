@@ -35,9 +35,24 @@ class PolicyConfig(_Strict):
         "Rollout engine: transformers generate (CPU or GPU), or vLLM (GPU extra)."))
     threads: int | None = Field(None, ge=1, description=(
         "torch CPU threads; None keeps torch's default."))
+    chat_template: bool = Field(False, description=(
+        "Render each prompt through the tokenizer's chat template (as a user turn, after "
+        "data.system_prompt, with the generation prompt appended): what an Instruct or "
+        "chat model expects. False gives the model the raw prompt text."))
 
 
-class ArithmeticData(_Strict):
+class _PromptFields(_Strict):
+    """What every data source may add around a prompt (rendered by insight.policy.prompts)."""
+
+    system_prompt: str | None = Field(None, min_length=1, description=(
+        "System message before each prompt (with policy.chat_template; without it, a "
+        "paragraph before the prompt)."))
+    instruction: str | None = Field(None, min_length=1, description=(
+        "Text appended to every prompt, after a blank line, e.g. 'Put the final answer "
+        "in \\boxed{}.'"))
+
+
+class ArithmeticData(_PromptFields):
     type: Literal["arithmetic"] = "arithmetic"
     n_train: int = Field(512, ge=1, description="Generated training prompts (the selection pool).")
     n_eval: int = Field(128, ge=1, description="Generated held-out prompts, disjoint from training.")
@@ -53,7 +68,7 @@ class ArithmeticData(_Strict):
         return self
 
 
-class CountdownData(_Strict):
+class CountdownData(_PromptFields):
     type: Literal["countdown"] = "countdown"
     n_train: int = Field(512, ge=1, description="Generated training prompts.")
     n_eval: int = Field(128, ge=1, description="Generated held-out prompts.")
@@ -62,13 +77,26 @@ class CountdownData(_Strict):
     seed: int = Field(1234, description="Seed of the generator.")
 
 
-class LocalData(_Strict):
+class LocalData(_PromptFields):
     type: Literal["local"] = "local"
-    train_path: str = Field(description="Training prompts: .jsonl, .json, .csv or .parquet.")
-    eval_path: str = Field(description="Held-out prompts, same format.")
-    id_field: str = Field("prompt_id", description="Column holding a unique prompt id.")
-    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
-    answer_field: str = Field("answer", description="Column holding the reference answer.")
+    train_path: str = Field(description=(
+        "Training prompts: .jsonl, .json, .csv, .parquet, or a directory written by "
+        "datasets' save_to_disk (one split: point at its subdirectory)."))
+    eval_path: str = Field(description="Held-out prompts, same formats.")
+    id_field: str | None = Field("prompt_id", description=(
+        "Column holding a unique prompt id; null gives each row a stable id from its "
+        "prompt and answer (exact repeats are dropped)."))
+    prompt_field: str = Field("prompt", description=(
+        "Column holding the prompt: text, or a single user turn of chat messages "
+        "(DAPO-Math). Dotted paths reach nested columns."))
+    answer_field: str = Field("answer", description=(
+        "Column holding the reference answer; dotted paths reach nested columns "
+        "(DAPO-Math: reward_model.ground_truth)."))
+    answer_format: Literal["plain", "gsm8k", "boxed"] = Field("plain", description=(
+        "How the answer column writes the answer: plain (as is), gsm8k (after the last "
+        "'####'), boxed (the last \\boxed{} of a solution, as in MATH)."))
+    difficulty_field: str | None = Field("difficulty", description=(
+        "Column with an integer level or 'Level N' (MATH); absent values are -1."))
     verifier: Literal["arithmetic", "countdown", "math"] = Field(
         "math", description="Verifier applied to every row.")
 
@@ -83,6 +111,13 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(8, ge=1, description="Cap on generated tokens per completion.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description=(
+        "Longest rendered prompt, in tokens; with max_new_tokens it must fit the model's "
+        "context (max_position_embeddings). None: whatever the context leaves after "
+        "max_new_tokens."))
+    on_long_prompt: Literal["error", "skip"] = Field("error", description=(
+        "A prompt over max_prompt_tokens: refuse the run naming it (error), or leave it "
+        "out of the run (skip, with a log line saying how many)."))
     success_threshold: float = Field(1.0, description=(
         "A rollout counts as a success when its reward is at or above this."))
 

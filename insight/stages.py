@@ -16,6 +16,7 @@ Round 0 is the starting point: the prior, the initial policy and its held-out ac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -206,7 +207,7 @@ def rollout(run: Run, round_: int) -> dict:
 def _generate_group_rows(run, round_, engine, problems, prompt_ids, gen_batch):
     cfg = run.config.rollout
     groups = engine.generate(
-        [problems[i].prompt for i in prompt_ids], cfg.k,
+        [problems[i].model_input for i in prompt_ids], cfg.k,
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
         seed=stage_seed(run.config.seed, round_, GENERATE * 1000 + gen_batch))
     cols = {k: [] for k in ("prompt_id", "sample_idx", "completion", "completion_chars",
@@ -460,7 +461,9 @@ def _evaluate(run: Run, round_: int, db: RunStore) -> dict:
     ckpt = policy_checkpoint(run, 0) if round_ == 0 else str(checkpoint_dir(run, round_))
     apply_threads(run)
     engine = rollout_engine(run, ckpt, EVAL_BATCH)
-    held_out = load_problems_of(run, "eval", db)
+    # engine_accuracy generates from `.prompt`: give it the text the model is given
+    held_out = [dataclasses.replace(p, prompt=p.model_input)
+                for p in load_problems_of(run, "eval", db)]
     common = dict(max_new_tokens=cfg.rollout.max_new_tokens, top_p=cfg.rollout.top_p,
                   success_threshold=cfg.rollout.success_threshold)
     res = generation.engine_accuracy(

@@ -16,22 +16,18 @@ Generated tasks (for the embedded, download-free default run):
 
 All generated prompts use only characters of :data:`ALPHABET`.
 
-Loading: :func:`load_problems` reads ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` and
-directories written by ``datasets.Dataset.save_to_disk`` (needs the optional ``datasets``
-package); every load is checked by :func:`validate_problems`, whose errors name the row,
+Loading (:mod:`insight.problems.local_data`): :func:`load_problems` reads ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` and
+directories written by ``datasets`` ``save_to_disk`` (read with pyarrow); every load is checked by :func:`validate_problems`, whose errors name the row,
 the id and the field.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 
@@ -69,6 +65,14 @@ class Problem:
     source: str  # "arithmetic", "countdown", or the file path it came from
     difficulty: int  # graded level; -1 when unknown
     verifier: str  # "arithmetic" | "countdown" | "math"
+    # What the policy is given, when the run renders prompts (chat template, system
+    # prompt, instruction: insight.policy.prompts); None means `prompt` itself.
+    rendered: str | None = None
+
+    @property
+    def model_input(self) -> str:
+        """The text the policy generates from (and the update scores against)."""
+        return self.prompt if self.rendered is None else self.rendered
 
 
 # ------------------------------------------------------------------------ arithmetic
@@ -393,142 +397,11 @@ def problems_from_arrow(table: pa.Table) -> list[Problem]:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        try:
-            import datasets as hf_datasets  # optional dependency
-        except ImportError:
-            raise ValueError(
-                f"{path} is a directory: loading a dataset saved with save_to_disk needs the "
-                "'datasets' package, which is not installed (pip install datasets), or "
-                "export it to .jsonl/.parquet"
-            ) from None
-        ds = hf_datasets.load_from_disk(str(path))
-        if isinstance(ds, hf_datasets.DatasetDict):
-            if split is None:
-                if len(ds) != 1:
-                    raise ValueError(f"{path} holds splits {sorted(ds)}; pass split=")
-                split = next(iter(ds))
-            if split not in ds:
-                raise ValueError(f"{path} has no split {split!r}; has {sorted(ds)}")
-            ds = ds[split]
-        return ds.to_list()
-    if suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {lineno} is not valid JSON: {exc}") from None
-        return rows
-    if suffix == ".json":
-        with path.open(encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON: {exc}") from None
-        if isinstance(data, dict):
-            lists = [k for k, v in data.items() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise ValueError(
-                    f"{path}: expected a JSON list of objects, or an object with exactly one "
-                    f"list-valued key; found list keys {lists}"
-                )
-            data = data[lists[0]]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        return data
-    if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+def __getattr__(name: str):
+    """`load_problems` lives in insight.problems.local_data (file formats and field
+    mapping); it is still reachable here, where callers have always imported it."""
+    if name == "load_problems":
+        from insight.problems.local_data import load_problems
 
-        return pq.read_table(path).to_pylist()
-    raise ValueError(
-        f"{path}: unsupported format {suffix!r} (expected .jsonl, .json, .csv, .parquet or a "
-        "save_to_disk directory)"
-    )
-
-
-def _field_str(row: dict[str, Any], field: str, i: int, path: Path) -> str:
-    if field not in row or row[field] is None:
-        raise ValueError(f"{path}: row {i}: missing field {field!r} (row has {sorted(row)})")
-    value = row[field]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(
-            f"{path}: row {i}: field {field!r} must be a string or number, got {type(value).__name__}"
-        )
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value)
-    if not text.strip():
-        raise ValueError(f"{path}: row {i}: field {field!r} is empty")
-    return text
-
-
-def load_problems(
-    path: str | Path,
-    *,
-    id_field: str | None = "prompt_id",
-    prompt_field: str = "prompt",
-    answer_field: str = "answer",
-    verifier: str = "math",
-    source: str | None = None,
-    difficulty_field: str | None = "difficulty",
-    split: str | None = None,
-) -> list[Problem]:
-    """Load problems from ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` or a ``save_to_disk`` dir.
-
-    ``id_field=None`` numbers the rows (``"<file stem>-<row>"``) for datasets without ids.
-    A ``difficulty_field`` column is used when present (else -1). Per-row ``verifier``
-    columns are not read: the whole file uses ``verifier``. Fails fast with a ValueError
-    naming the path, row and field (missing field, empty value, duplicate id, bad answer).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"dataset path does not exist: {path}")
-    if verifier not in VERIFIER_NAMES:
-        raise ValueError(f"unknown verifier {verifier!r} (known: {list(VERIFIER_NAMES)})")
-    rows = _read_rows(path, split)
-    src = str(path) if source is None else source
-    problems = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
-        pid = f"{path.stem}-{i}" if id_field is None else _field_str(row, id_field, i, path)
-        prompt = row.get(prompt_field)
-        if prompt_field not in row or prompt is None:
-            raise ValueError(f"{path}: row {i} (id {pid!r}): missing field {prompt_field!r}")
-        if not isinstance(prompt, str):
-            raise ValueError(
-                f"{path}: row {i} (id {pid!r}): field {prompt_field!r} must be a string, "
-                f"got {type(prompt).__name__}"
-            )
-        if not prompt.strip():
-            raise ValueError(f"{path}: row {i} (id {pid!r}): field {prompt_field!r} is empty")
-        answer = _field_str(row, answer_field, i, path)
-        difficulty = -1
-        if difficulty_field is not None and row.get(difficulty_field) not in (None, ""):
-            raw = row[difficulty_field]
-            try:
-                difficulty = int(raw)
-                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}: row {i} (id {pid!r}): field {difficulty_field!r} must be an "
-                    f"integer, got {raw!r}"
-                ) from None
-        problems.append(Problem(pid, prompt, answer, src, difficulty, verifier))
-    if not problems:
-        raise ValueError(f"{path}: no rows")
-    try:
-        validate_problems(problems)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return problems
+        return load_problems
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

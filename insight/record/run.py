@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from insight.problems import datasets
-from insight.config import ArithmeticData, CountdownData, LocalData, RunConfig, config_from_dict
+from insight.problems import datasets, local_data
+from insight.config import (ArithmeticData, CountdownData, LocalData, PolicyConfig, RunConfig,
+                            config_from_dict)
 from insight.record.layout import DB_NAME
 from insight.record.runlock import training_lock
 from insight.record.store import RunDamagedError, RunStore
@@ -55,9 +56,10 @@ def build_problems(cfg: RunConfig) -> tuple[list[datasets.Problem], list[dataset
             every, data.n_eval / (data.n_train + data.n_eval), data.seed + EVAL_SPLIT_SEED_OFFSET)
     elif isinstance(data, LocalData):
         kw = dict(id_field=data.id_field, prompt_field=data.prompt_field,
-                  answer_field=data.answer_field, verifier=data.verifier)
-        train = datasets.load_problems(data.train_path, **kw)
-        held_out = datasets.load_problems(data.eval_path, **kw)
+                  answer_field=data.answer_field, answer_format=data.answer_format,
+                  difficulty_field=data.difficulty_field, verifier=data.verifier)
+        train = local_data.load_problems(data.train_path, **kw)
+        held_out = local_data.load_problems(data.eval_path, **kw)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown data config {type(data).__name__}")
     datasets.validate_problems(train)
@@ -73,16 +75,20 @@ def data_hash(train, held_out) -> str:
     for split, problems in (("train", train), ("eval", held_out)):
         for p in problems:
             h.update(f"{split}\x1f{p.prompt_id}\x1f{p.prompt}\x1f{p.answer}\x1e".encode())
+            if p.rendered is not None:  # a changed template or tokenizer changes the run
+                h.update(f"rendered\x1f{p.rendered}\x1e".encode())
     return h.hexdigest()[:16]
 
 
 def check_policy_path(cfg: RunConfig) -> Path:
     path = cfg.resolved_policy_path()
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"policy.path does not exist or is not a directory: {path} "
-            "(rebuild the embedded one with `python -m flows.cli_bootstrap --out "
-            "checkpoints/tiny-arith`)")
+        embedded = cfg.policy.path == PolicyConfig().path
+        hint = (" (rebuild the embedded one with `python -m flows.cli_bootstrap --out "
+                "checkpoints/tiny-arith`)" if embedded else
+                " (set it with --set policy.path=/local/model/dir)")
+        raise FileNotFoundError(f"policy.path does not exist or is not a directory: {path}"
+                                + hint)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"policy.path has no config.json (not a model directory): {path}")
     return path
@@ -97,12 +103,35 @@ def check_config(cfg: RunConfig) -> tuple[list[datasets.Problem], list[datasets.
         # Never a silent fallback to the HF sampler: the user asked for vLLM's throughput.
         raise ValueError("policy.engine is 'vllm' but vLLM is not installed: install the "
                          "GPU extra (pip install 'insight-rlvr[gpu]') or set policy.engine: hf")
-    train, held_out = build_problems(cfg)
+    train, held_out = render_prompts(cfg, *build_problems(cfg))
     if cfg.rollout.batch_size > len(train):
         # Selection would quietly take the whole pool every round: not the experiment asked for.
         raise ValueError(f"rollout.batch_size {cfg.rollout.batch_size} is larger than the "
                          f"training pool of {len(train)} prompts")
     return train, held_out
+
+
+def render_prompts(cfg: RunConfig, train, held_out):
+    """The problems with what the policy is given (`Problem.rendered`), rendered once
+    with the policy's tokenizer and checked against the prompt-length limit
+    (insight.policy.prompts)."""
+    from insight.policy import model as policy_model, prompts
+
+    path = cfg.resolved_policy_path()
+    fmt = prompts.PromptFormat(cfg.policy.chat_template, cfg.data.system_prompt,
+                               cfg.data.instruction)
+    limit = prompts.prompt_limit(path, cfg.rollout.max_prompt_tokens,
+                                 cfg.rollout.max_new_tokens)
+    tokenizer = policy_model.load_tokenizer(path)
+    out = []
+    for split, problems in (("train", train), ("eval", held_out)):
+        kept = prompts.render_problems(tokenizer, problems, fmt, limit=limit,
+                                       on_long=cfg.rollout.on_long_prompt, split=split)
+        if not kept:
+            raise ValueError(f"every {split} prompt is longer than the {limit}-token limit "
+                             "(rollout.max_prompt_tokens)")
+        out.append(kept)
+    return tuple(out)
 
 
 def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False) -> Run:
@@ -222,6 +251,7 @@ def _prompt_rows(run_id: str, problems, split: str) -> pa.Table:
         "answer": [p.answer for p in problems],
         "difficulty": pa.array([p.difficulty for p in problems], pa.int32()),
         "verifier": [p.verifier for p in problems],
+        "rendered": pa.array([p.rendered for p in problems], pa.string()),
     })
 
 

@@ -17,7 +17,7 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "prompts": (
         ("run_id", "VARCHAR"), ("prompt_id", "VARCHAR"), ("split", "VARCHAR"),
         ("source", "VARCHAR"), ("prompt", "VARCHAR"), ("answer", "VARCHAR"),
-        ("difficulty", "INTEGER"), ("verifier", "VARCHAR")),
+        ("difficulty", "INTEGER"), ("verifier", "VARCHAR"), ("rendered", "VARCHAR")),
     "rounds": (
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("status", "VARCHAR"),
         ("started_at", "TIMESTAMPTZ"), ("finished_at", "TIMESTAMPTZ"),

@@ -251,10 +251,12 @@ class RunStore:
                         [run_id, round_]).column("prompt_id").to_pylist()
 
     def kept_groups(self, run_id: str, round_: int) -> pa.Table:
-        """The rollouts the policy update learns from (DAPO's kept groups), with their
-        prompt text, ordered by generation batch, prompt and sample."""
+        """The rollouts the policy update learns from (DAPO's kept groups), with the
+        prompt text the model was given (rendered, else raw), ordered by generation
+        batch, prompt and sample."""
         return self.sql("SELECT r.prompt_id, r.sample_idx, r.reward, r.completion_token_ids, "
-                        "p.prompt FROM rollouts r JOIN prompts p USING (run_id, prompt_id) "
+                        "coalesce(p.rendered, p.prompt) AS prompt "
+                        "FROM rollouts r JOIN prompts p USING (run_id, prompt_id) "
                         "WHERE r.run_id = ? AND r.round = ? AND r.kept "
                         "ORDER BY r.gen_batch, r.prompt_id, r.sample_idx", [run_id, round_])
 
@@ -414,7 +416,7 @@ class RunStore:
     def prompt_rows(self, run_id: str, split: str) -> pa.Table:
         """The `split` prompts ("train" or "eval") with the fields of a Problem, in id
         order, so every stage sees the pool in one order."""
-        return self.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier "
+        return self.sql("SELECT prompt_id, prompt, answer, source, difficulty, verifier, rendered "
                         "FROM prompts WHERE run_id = ? AND split = ? ORDER BY prompt_id",
                         [run_id, split])
 

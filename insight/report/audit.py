@@ -151,6 +151,8 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             "run_dir": str(run_dir),
             "prompt_id": prompt_id,
             "prompt": meta.get("prompt"),
+            # what the policy was given, when the run renders prompts (chat template...)
+            "rendered": meta.get("rendered"),
             "answer": meta.get("answer"),
             "split": split,
             "difficulty": meta.get("difficulty"),

@@ -267,6 +267,7 @@ def prompt_report(run_dir, history: dict[str, Any], *, as_json: bool = False,
             + (f" (split {h['split']}, difficulty {h['difficulty']})"
                if h.get("split") else ""),
             f"  prompt : {_cell(h['prompt'], 200)}",
+            *([f"  model  : {_cell(h['rendered'], 400)}"] if h.get("rendered") else []),
             f"  answer : {_cell(h['answer'], 200)}",
             f"  scored {_times(h['times_scored'])}, selected {_times(h['times_selected'])}"
             + (f" (rounds {format_ranges(h['selected_rounds'])})" if h["selected_rounds"]
