@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from insight.policy import generation, grpo, model as policy_model
+from insight.policy import generation, grpo, model as policy_model, precision
 from insight.problems import verifiers
 from insight.record import layout
 from insight.record.metrics import round_metrics
@@ -261,11 +261,18 @@ def train(run: Run, round_: int) -> dict:
         src = policy_checkpoint(run, round_ - 1, db)
         t = db.kept_groups(run.run_id, round_)
     apply_threads(run)
-    model, tok, opt = grpo.load_trainer_state(src, lr=cfg.train.lr,
-                                              device=str(policy_model.resolve_device(cfg.policy.device)))
+    # One trainer copy in memory: the generation copies cached for rollout are of
+    # earlier policies and never used again once this round trains.
+    _POLICY_CACHE.clear()
+    device = policy_model.resolve_device(cfg.policy.device)
+    mode = precision.resolve_precision(cfg.train.precision, device)
+    model, tok, opt = grpo.load_trainer_state(
+        src, lr=cfg.train.lr, device=str(device), precision=mode,
+        gradient_checkpointing=cfg.train.gradient_checkpointing)
     ref = None
-    if cfg.train.kl_coef > 0:
-        ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=cfg.policy.device)
+    if cfg.train.kl_coef > 0:  # frozen, so bf16 storage suffices under bf16 autocast
+        ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=device,
+                                          dtype=precision.reference_dtype(mode))
     prompts, completions, rewards = _groups(t, cfg.rollout.k)
     if not prompts:  # e.g. DAPO kept no group: nothing to learn from, the policy carries over
         batch = grpo.PolicyBatch([], [], [])
@@ -277,7 +284,9 @@ def train(run: Run, round_: int) -> dict:
                                epochs=cfg.train.epochs, clip_eps=cfg.train.clip_eps,
                                clip_eps_high=cfg.train.clip_eps_high,
                                kl_coef=cfg.train.kl_coef, max_grad_norm=cfg.train.max_grad_norm,
-                               shuffle_seed=stage_seed(cfg.seed, round_, TRAIN))
+                               shuffle_seed=stage_seed(cfg.seed, round_, TRAIN),
+                               max_tokens_per_micro_batch=cfg.train.max_tokens_per_micro_batch,
+                               precision=mode)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     grpo.save_trainer_state(tmp, model, tok, opt)
