@@ -151,6 +151,17 @@ class TrainConfig(_Strict):
         "the policy weights are written every round. 1 keeps resume exact; larger saves "
         "disk and time on big models, and a resume after a crash between two saves "
         "continues from the last weights with the last saved optimizer state."))
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = Field("auto", description=(
+        "Training precision. fp32: weights, Adam state and compute in float32. "
+        "bf16-mixed: float32 master weights and Adam state (checkpoints keep them), "
+        "forward and backward under bf16 autocast. bf16: everything in bfloat16 (half "
+        "the memory, but small updates round away). auto: bf16-mixed on CUDA, fp32 on CPU."))
+    gradient_checkpointing: bool = Field(False, description=(
+        "Recompute decoder activations in the backward pass (less memory, about one "
+        "more forward pass of compute)."))
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1, description=(
+        "Size micro-batches by padded tokens (sequences x longest prompt+completion) "
+        "instead of micro_batch_size; None keeps micro_batch_size."))
 
 
 class EvalConfig(_Strict):

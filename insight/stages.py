@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from insight.policy import generation, grpo, model as policy_model
+from insight.policy import generation, grpo, model as policy_model, precision
 from insight.problems import verifiers
 from insight.record import layout
 from insight.record.metrics import round_metrics
@@ -264,6 +264,9 @@ def train(run: Run, round_: int) -> dict:
         src = policy_checkpoint(run, round_ - 1, db)
         t = db.kept_groups(run.run_id, round_)
     apply_threads(run)
+    # One trainer copy in memory: the generation copies cached for rollout are of
+    # earlier policies and never used again once this round trains.
+    _POLICY_CACHE.clear()
     trainer = take_trainer(run, round_ - 1, src)
     prompts, completions, rewards = _groups(t, cfg.rollout.k)
     if not prompts:  # e.g. DAPO kept no group: nothing to learn from, the policy carries over
@@ -276,7 +279,9 @@ def train(run: Run, round_: int) -> dict:
                                epochs=cfg.train.epochs, clip_eps=cfg.train.clip_eps,
                                clip_eps_high=cfg.train.clip_eps_high,
                                kl_coef=cfg.train.kl_coef, max_grad_norm=cfg.train.max_grad_norm,
-                               shuffle_seed=stage_seed(cfg.seed, round_, TRAIN))
+                               shuffle_seed=stage_seed(cfg.seed, round_, TRAIN),
+                               max_tokens_per_micro_batch=cfg.train.max_tokens_per_micro_batch,
+                               precision=trainer.precision)
     write_checkpoint(run, round_, trainer, stats)
     keep_trainer(trainer)
     return stats
@@ -301,6 +306,7 @@ class Trainer:
     optimizer: object
     ref: object | None = None
     state_round: int | None = None  # the last round whose optimizer state is on disk
+    precision: str = "fp32"         # train.precision, resolved for the device
 
 
 _TRAINER: dict[str, Trainer] = {}  # one slot: the trainer of the run this process trains
@@ -343,9 +349,11 @@ def load_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
     `train.save_state_every` saves), the log says so in one line."""
     cfg = run.config
     state_round, state_dir = last_optimizer_state(run, held_round, checkpoint)
-    device = str(policy_model.resolve_device(cfg.policy.device))
-    model, tok, opt = grpo.load_trainer_state(checkpoint, lr=cfg.train.lr, device=device,
-                                              optimizer_from=state_dir)
+    device = policy_model.resolve_device(cfg.policy.device)
+    mode = precision.resolve_precision(cfg.train.precision, device)
+    model, tok, opt = grpo.load_trainer_state(
+        checkpoint, lr=cfg.train.lr, device=str(device), optimizer_from=state_dir,
+        precision=mode, gradient_checkpointing=cfg.train.gradient_checkpointing)
     if held_round > 0 and state_round != held_round:
         saved = (f"the optimizer state saved at round {state_round}" if state_round is not None
                  else "a fresh optimizer (no saved optimizer state is left)")
@@ -354,11 +362,15 @@ def load_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
                     cfg.train.save_state_every)
     ref = _reference_policy(run) if cfg.train.kl_coef > 0 else None
     return Trainer(_trainer_key(run), held_round, _weights_identity(checkpoint), model, tok,
-                   opt, ref, state_round)
+                   opt, ref, state_round, mode)
 
 
 def _reference_policy(run: Run):
-    ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=run.config.policy.device)
+    """The frozen KL reference: bf16 storage suffices under bf16 autocast."""
+    device = policy_model.resolve_device(run.config.policy.device)
+    mode = precision.resolve_precision(run.config.train.precision, device)
+    ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=device,
+                                      dtype=precision.reference_dtype(mode))
     return ref
 
 

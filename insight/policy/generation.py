@@ -82,6 +82,21 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
 
 
+def _last_logits_only(model) -> dict:
+    """The forward keyword that keeps only the last position's logits, as the installed
+    transformers names it (`logits_to_keep`, formerly `num_logits_to_keep`), or none."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return {}
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def _get_cache(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
@@ -111,7 +126,10 @@ def sample_batch(
     attn = attention_mask.clone()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_kwarg(model)
-    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    # Prefill: only the last position's logits are needed; asking for all of them is a
+    # [N, prompt, vocab] tensor (GiBs at a real vocabulary and batch).
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                **_last_logits_only(model))
     past = _get_cache(out)
     logits = out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
+
+from insight.policy.precision import Precision, autocast
 
 # --------------------------------------------------------------------------- advantages
 
@@ -207,22 +210,62 @@ def _collate(batch: PolicyBatch, pad_id: int, device) -> dict:
     }
 
 
-def completion_logprobs(model, coll: dict) -> torch.Tensor:
-    """Log-probs [N, C] of the completion tokens under `model` (graph kept if grad on)."""
-    C = coll["targets"].shape[1]
-    kwargs = dict(
-        input_ids=coll["input_ids"],
-        attention_mask=coll["attention_mask"],
-        position_ids=coll["position_ids"],
-        use_cache=False,
-    )
-    try:
-        logits = model(**kwargs, logits_to_keep=C + 1).logits
-    except TypeError:  # models without logits_to_keep
-        logits = model(**kwargs).logits
-    logits = logits[:, -(C + 1) : -1, :].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, coll["targets"][..., None]).squeeze(-1)
+# Elements of one chunk of vocabulary logits (fp32: 4 bytes each, so 256 MiB): rows of
+# completion hidden states go through the LM head this many at a time. At Qwen's 152k
+# vocabulary that is about 440 tokens per chunk; at the tiny model's 60 it is everything.
+LOGIT_CHUNK_ELEMENTS = 1 << 26
+
+
+def completion_logprobs(model, coll: dict, *, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Log-probs [N, C] of the completion tokens under `model` (graph kept if grad on);
+    0 at padding.
+
+    Why not `model(...).logits`: that is a [N, sequence, vocab] tensor, tens of GiB in
+    fp32 at a real vocabulary. Here the decoder returns hidden states, only the positions
+    that predict a real completion token are kept, and they go through the LM head in
+    chunks of `chunk_elements` logits. With gradients on and more than one chunk, each
+    chunk is checkpointed (its logits are recomputed in the backward pass), so the saved
+    activations hold hidden states, never a vocabulary-sized tensor per token.
+    """
+    P = coll["prompt_len"]
+    if P < 1:
+        raise ValueError("every sequence needs at least one prompt token to predict its completion from")
+    mask = coll["completion_mask"].bool()
+    C = mask.shape[1]
+    hidden = _final_hidden_states(model, coll)[:, P - 1 : P + C - 1, :]  # predicts token t at t-1
+    rows, targets = hidden[mask], coll["targets"][mask]  # [M, H], [M]: real tokens only
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    per_chunk = max(1, chunk_elements // max(1, head.weight.shape[0]))
+    spans = [(s, min(s + per_chunk, rows.shape[0])) for s in range(0, rows.shape[0], per_chunk)]
+    recompute = torch.is_grad_enabled() and len(spans) > 1
+    pieces = []
+    for s, e in spans:
+        if recompute:
+            pieces.append(torch.utils.checkpoint.checkpoint(
+                _token_logprobs, head, rows[s:e], targets[s:e], softcap, use_reentrant=False))
+        else:
+            pieces.append(_token_logprobs(head, rows[s:e], targets[s:e], softcap))
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=rows.device)
+    if pieces:
+        out = out.index_put((mask,), torch.cat(pieces))
+    return out
+
+
+def _final_hidden_states(model, coll: dict) -> torch.Tensor:
+    """Last hidden states [N, L, H] of the decoder under the LM head (no logits)."""
+    decoder = model.get_decoder()
+    out = decoder(input_ids=coll["input_ids"], attention_mask=coll["attention_mask"],
+                  position_ids=coll["position_ids"], use_cache=False)
+    return out.last_hidden_state
+
+
+def _token_logprobs(head, rows: torch.Tensor, targets: torch.Tensor, softcap) -> torch.Tensor:
+    """log p(target) for each row of hidden states: one chunk of logits, in fp32."""
+    logits = head(rows).float()
+    if softcap:  # Gemma-style final logit soft-capping, as the model's own forward does
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def _model_device(model) -> torch.device:
@@ -243,6 +286,34 @@ def _chunks(idx: list[int], size: int | None) -> list[list[int]]:
     return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
+def micro_batches(batch: PolicyBatch, idx: list[int], *, micro_batch_size: int | None,
+                  max_tokens: int | None = None) -> list[list[int]]:
+    """Split the sequences `idx` (in order) into micro-batches.
+
+    Without `max_tokens`: `micro_batch_size` sequences each. With it: as many consecutive
+    sequences as fit in `max_tokens` padded tokens, counted as `_collate` lays them out
+    (sequences x (longest prompt + longest completion)), so the forward pass's memory is
+    bounded whatever the lengths; `micro_batch_size` is then not used. A sequence longer
+    than the budget on its own gets a micro-batch of its own (it cannot be split).
+    """
+    if max_tokens is None:
+        return _chunks(idx, micro_batch_size)
+    out: list[list[int]] = []
+    cur: list[int] = []
+    p_max = c_max = 0
+    for i in idx:
+        p = max(p_max, len(batch.prompt_ids[i]))
+        c = max(c_max, len(batch.completion_ids[i]), 1)
+        if cur and (len(cur) + 1) * (p + c) > max_tokens:
+            out.append(cur)
+            cur, p, c = [], len(batch.prompt_ids[i]), max(1, len(batch.completion_ids[i]))
+        cur.append(i)
+        p_max, c_max = p, c
+    if cur:
+        out.append(cur)
+    return out
+
+
 # --------------------------------------------------------------------------- update
 
 
@@ -261,6 +332,8 @@ def policy_update(
     max_grad_norm: float | None = 1.0,
     skip_zero_advantage: bool = True,
     shuffle_seed: int | None = None,
+    max_tokens_per_micro_batch: int | None = None,
+    precision: Precision = "fp32",
 ) -> dict:
     """GRPO update of `model` in place on `batch`; returns stats (python floats).
 
@@ -270,7 +343,10 @@ def policy_update(
     mini-batch token count, so the accumulated gradient equals the full mini-batch
     gradient. With `skip_zero_advantage` (and no KL term) sequences with advantage 0 are
     not forwarded (their gradient is exactly zero) but still count in the normalizer.
-    Runs on the model's device (CUDA when the model is there).
+    `max_tokens_per_micro_batch` sizes micro-batches by padded tokens instead
+    (`micro_batches`). `precision` "bf16-mixed" runs every forward pass under bf16
+    autocast (the model's weights are whatever `precision.prepare_for_training` made
+    them). Runs on the model's device (CUDA when the model is there).
     """
     if len(batch) == 0:
         return {"steps": 0.0, "n_sequences": 0.0, "n_tokens": 0.0}
@@ -280,17 +356,25 @@ def policy_update(
     skip = skip_zero_advantage and not use_kl
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
 
+    def split(idx: list[int]) -> list[list[int]]:
+        return micro_batches(batch, idx, micro_batch_size=micro_batch_size,
+                             max_tokens=max_tokens_per_micro_batch)
+
+    def logprobs(m, coll):
+        with autocast(precision, device):
+            return completion_logprobs(m, coll)
+
     # Fixed micro-batch layout for old/ref log-probs (computed once, before any step).
     all_idx = list(range(len(batch)))
     old_lp: dict[int, torch.Tensor] = {}
     ref_lp: dict[int, torch.Tensor] = {}
     model.eval()
     with torch.no_grad():
-        for mb in _chunks(all_idx, micro_batch_size):
+        for mb in split(all_idx):
             sub = batch.subset(mb)
             coll = _collate(sub, pad_id, device)
-            lp = completion_logprobs(model, coll)
-            rlp = completion_logprobs(ref_model, coll) if use_kl else None
+            lp = logprobs(model, coll)
+            rlp = logprobs(ref_model, coll) if use_kl else None
             for j, i in enumerate(mb):
                 n = len(batch.completion_ids[i])
                 old_lp[i] = lp[j, :n].detach()
@@ -316,7 +400,7 @@ def policy_update(
             optimizer.zero_grad(set_to_none=True)
             if not work:
                 continue  # nothing carries gradient: no step (Adam state untouched)
-            for mb in _chunks(work, micro_batch_size):
+            for mb in split(work):
                 sub = batch.subset(mb)
                 coll = _collate(sub, pad_id, device)
                 C = coll["targets"].shape[1]
@@ -327,7 +411,7 @@ def policy_update(
                     old[j, :n] = old_lp[i]
                     if use_kl:
                         ref[j, :n] = ref_lp[i]
-                lp = completion_logprobs(model, coll)
+                lp = logprobs(model, coll)
                 loss, st = grpo_loss(
                     lp,
                     old,
@@ -432,6 +516,8 @@ def load_trainer_state(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     optimizer_from=None,
+    precision: Precision = "fp32",
+    gradient_checkpointing: bool = False,
 ):
     """(model [train mode], tokenizer, optimizer) from a directory written by
     `save_trainer_state` or any policy directory (then the optimizer starts fresh).
@@ -440,10 +526,18 @@ def load_trainer_state(
     `optimizer_from` is the directory whose optimizer state to load, when it is not
     `path` itself: a run that saves the optimizer only every few rounds continues from
     the newest weights with the newest saved optimizer state. Adam's moments are per
-    parameter in parameter order, which the weights of a later round share."""
+    parameter in parameter order, which the weights of a later round share.
+
+    The weights are cast to `precision`'s weight dtype before the optimizer is built
+    (fp32 master weights under fp32 and bf16-mixed, even from a bf16 checkpoint), and
+    a saved optimizer state is cast to it on load."""
     from insight.policy.model import load_policy
+    from insight.policy.precision import prepare_for_training
 
     model, tok = load_policy(path, device=device)
+    prepare_for_training(model, precision)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     opt = make_optimizer(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
     state_dir = Path(path if optimizer_from is None else optimizer_from)
@@ -460,6 +554,20 @@ def set_hyperparameters(optimizer, lr: float, *, betas=(0.9, 0.999), eps: float 
     """The config's hyperparameters win over those a saved or kept-alive state holds."""
     for g in optimizer.param_groups:
         g.update(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of
+    keeping them: activation memory of one layer instead of all, for about one more
+    forward pass of compute. Non-reentrant checkpointing, so it needs no input that
+    requires grad and gives the same gradients. Active in train mode only."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name in transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def read_trainer_state(path) -> dict:
