@@ -220,6 +220,7 @@ _ONE_LINE_ERRORS = (
     ("flows.train", "TrainingFailed", 1),                # traceback is in the run's log
     ("tasks.tracking", "TrackingUnavailable", 2),        # MLflow unreachable or refusing
     ("insight.record.store", "RunDamagedError", 2),      # unreadable database, lost files
+    ("insight.policy.vllm_engine", "VLLMUnavailable", 2),  # no vLLM, or it cannot start
     ("builtins", "NotADirectoryError", 2),               # a file given as a run directory
     ("builtins", "FileNotFoundError", 2),                # no run, no model, no input
     ("builtins", "ValueError", 2),                       # bad config, bad data
