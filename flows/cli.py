@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "sweeps (not a measurement)")
     add_simulate_arguments(sim)
     sim.set_defaults(func=run_simulate)
+
+    from flows.cli_bench_gpu import add_bench_gpu_arguments, bench_gpu_main
+    gpu = bench.add_parser("gpu", help="a round's time and memory on one GPU: random-weight "
+                                       "0.5B Qwen2, B=64, k=8, 256 tokens, 3 rounds")
+    add_bench_gpu_arguments(gpu)
+    gpu.set_defaults(func=bench_gpu_main)
     return p
 
 
