@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "sweeps (not a measurement)")
     add_simulate_arguments(sim)
     sim.set_defaults(func=run_simulate)
+
+    from flows.cli_bench_gpu import add_bench_gpu_arguments, bench_gpu_main
+    gpu = bench.add_parser("gpu", help="a round's time and memory on one GPU: random-weight "
+                                       "0.5B Qwen2, B=64, k=8, 256 tokens, 3 rounds")
+    add_bench_gpu_arguments(gpu)
+    gpu.set_defaults(func=bench_gpu_main)
     return p
 
 
@@ -220,6 +226,7 @@ _ONE_LINE_ERRORS = (
     ("flows.train", "TrainingFailed", 1),                # traceback is in the run's log
     ("tasks.tracking", "TrackingUnavailable", 2),        # MLflow unreachable or refusing
     ("insight.record.store", "RunDamagedError", 2),      # unreadable database, lost files
+    ("insight.policy.vllm_engine", "VLLMUnavailable", 2),  # no vLLM, or it cannot start
     ("builtins", "NotADirectoryError", 2),               # a file given as a run directory
     ("builtins", "FileNotFoundError", 2),                # no run, no model, no input
     ("builtins", "ValueError", 2),                       # bad config, bad data

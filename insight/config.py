@@ -25,6 +25,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class VLLMOptions(_Strict):
+    """How the vLLM engine is built (read only when `policy.engine` is `vllm`)."""
+
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95, description=(
+        "Share of the GPU's memory vLLM may take for weights and KV cache. The trainer "
+        "shares the GPU, so leave it room: 0.5 suits a colocated 0.5B-1.5B policy."))
+    max_model_len: int | None = Field(None, ge=16, description=(
+        "Longest prompt + completion vLLM plans its KV cache for; None takes the "
+        "model's context length."))
+    enable_sleep_mode: bool = Field(True, description=(
+        "Put vLLM to sleep (weights and KV cache freed) while the policy is updated on "
+        "the same GPU, and wake it with the new weights; off keeps vLLM's memory "
+        "reserved during training."))
+    weight_sync_timeout_s: float = Field(600.0, gt=0, description=(
+        "Seconds vLLM may take to load a round's weights in place before the stage "
+        "fails (the round is then not committed)."))
+
+
 class PolicyConfig(_Strict):
     path: str = Field("checkpoints/tiny-arith", description=(
         "Local directory of a Hugging Face causal LM and its tokenizer (save_pretrained "
@@ -32,13 +50,17 @@ class PolicyConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "Where generation and the update run; auto picks CUDA when present."))
     engine: Literal["hf", "vllm"] = Field("hf", description=(
-        "Rollout engine: transformers generate (CPU or GPU), or vLLM (GPU extra)."))
+        "Rollout engine: hf samples with the transformers model (CPU or GPU); vllm "
+        "with one long-lived vLLM engine per process that loads each round's weights "
+        "in place (GPU extra, see docs/gpu.md)."))
     threads: int | None = Field(None, ge=1, description=(
         "torch CPU threads; None keeps torch's default."))
     chat_template: bool = Field(False, description=(
         "Render each prompt through the tokenizer's chat template (as a user turn, after "
         "data.system_prompt, with the generation prompt appended): what an Instruct or "
         "chat model expects. False gives the model the raw prompt text."))
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description=(
+        "vLLM engine options (policy.engine: vllm)."))
 
 
 class _PromptFields(_Strict):

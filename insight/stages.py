@@ -49,7 +49,7 @@ log = logging.getLogger("insight.stages")
 
 # --- helpers -----------------------------------------------------------------------
 _POLICY_CACHE: dict[tuple[str, str], tuple] = {}
-_VLLM_ENGINE: dict[str, object] = {}
+_VLLM_ENGINE: dict[tuple, object] = {}  # the process's one vLLM engine, see vllm_rollout_engine
 
 
 def apply_threads(run: Run) -> None:
@@ -77,17 +77,49 @@ def cached_policy(path: str, device: str):
 
 def rollout_engine(run: Run, checkpoint: str, batch_size: int) -> generation.RolloutEngine:
     """The `policy.engine` that generates with the policy in `checkpoint`: `hf` samples
-    with the in-process transformers model (CPU or GPU), `vllm` with a vLLM engine
-    (GPU extra; one engine per process, rebuilt when the checkpoint changes: loading
-    the next round's weights in place is issue-tracked work, not done here)."""
+    with the in-process transformers model (CPU or GPU), `vllm` with the process's one
+    vLLM engine, which loads the checkpoint's weights in place (`vllm_rollout_engine`)."""
     cfg = run.config.policy
     if cfg.engine == "vllm":
-        if checkpoint not in _VLLM_ENGINE:
-            _VLLM_ENGINE.clear()
-            _VLLM_ENGINE[checkpoint] = generation.VLLMEngine(checkpoint)
-        return _VLLM_ENGINE[checkpoint]
+        return vllm_rollout_engine(run, checkpoint)
     model, tok = cached_policy(checkpoint, cfg.device)
     return generation.HFEngine(model, tok, batch_size=batch_size)
+
+
+def vllm_rollout_engine(run: Run, checkpoint: str):
+    """The flow process's one vLLM engine, holding the weights of `checkpoint`.
+
+    Built once (the first round's policy), then every later checkpoint is loaded in
+    place. A failed or timed-out load drops the engine (its weights are undefined) and
+    raises, so the stage fails and the round is not committed; the next attempt builds
+    a fresh engine. A run with another base model or other vLLM options builds anew."""
+    from insight.policy.vllm_engine import VLLMEngine
+
+    cfg = run.config
+    key = (str(cfg.resolved_policy_path()), cfg.policy.vllm.model_dump_json())
+    engine = _VLLM_ENGINE.get(key)
+    if engine is None:
+        _VLLM_ENGINE.clear()  # at most one engine holds the GPU
+        opts = cfg.policy.vllm
+        engine = VLLMEngine(checkpoint, gpu_memory_utilization=opts.gpu_memory_utilization,
+                            max_model_len=opts.max_model_len,
+                            enable_sleep_mode=opts.enable_sleep_mode,
+                            weight_sync_timeout_s=opts.weight_sync_timeout_s, seed=cfg.seed)
+        _VLLM_ENGINE[key] = engine
+    try:
+        engine.load(checkpoint)
+    except BaseException:
+        _VLLM_ENGINE.clear()
+        raise
+    return engine
+
+
+def free_gpu_for_update() -> None:
+    """Before a policy update: a vLLM engine with sleep mode frees its GPU memory
+    (weights and KV cache) for the trainer; the next `rollout_engine` wakes it into
+    the new weights. No-op for the hf engine."""
+    for engine in _VLLM_ENGINE.values():
+        engine.sleep()
 
 
 def checkpoint_dir(run: Run, round_: int) -> Path:
@@ -260,6 +292,7 @@ def train(run: Run, round_: int) -> dict:
     of round r (weights every round, the optimizer every `train.save_state_every`) is
     written aside and renamed into place, so a crash never leaves a half checkpoint."""
     cfg = run.config
+    free_gpu_for_update()
     with RunStore(run.run_dir) as db:
         src = policy_checkpoint(run, round_ - 1, db)
         t = db.kept_groups(run.run_id, round_)

@@ -4,8 +4,9 @@ The seam is `RolloutEngine`: anything with `generate(prompts, k, *, temperature,
 max_new_tokens, seed) -> list[list[Rollout]]`. `HFEngine` samples with a plain
 Hugging Face causal LM (batched, KV cache, a hand-written decode loop that draws from a
 local `torch.Generator`, so results are reproducible given the seed on CPU and never
-touch the global RNG). `VLLMEngine` is the GPU path for real runs (needs the optional
-`vllm` extra; imported lazily).
+touch the global RNG). `VLLMEngine` (in `vllm_engine`, importable from here) is the GPU
+path for real runs: one long-lived vLLM engine that loads each round's weights in place
+(needs the optional `gpu` extra; vLLM is imported only when it is built).
 
 Rollout ids: `completion_token_ids` are exactly the sampled ids, EOS included when it was
 produced, so the policy update can recompute their log-probabilities.
@@ -272,54 +273,13 @@ class HFEngine:
         )
 
 
-class VLLMEngine:
-    """RolloutEngine backed by vLLM (GPU runs; optional extra `insight-rlvr[gpu]`).
+def __getattr__(name: str):
+    """`generation.VLLMEngine` lives in `vllm_engine` (it imports `Rollout` from here)."""
+    if name == "VLLMEngine":
+        from insight.policy.vllm_engine import VLLMEngine
 
-    Loads the policy from a local checkpoint directory. vLLM samples with its own
-    kernels, so results are reproducible given the seed only up to vLLM's own
-    guarantees, and its token log-probs differ slightly from the trainer's: the policy
-    update recomputes old log-probs itself, so only the sampled ids are used.
-    Not exercised by the test suite (vLLM is not installed on CPU machines).
-    """
-
-    def __init__(self, path, *, gpu_memory_utilization: float = 0.5, **llm_kwargs: Any):
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "VLLMEngine needs vLLM: pip install 'insight-rlvr[gpu]' (GPU machines only); "
-                "use HFEngine on CPU"
-            ) from e
-        from insight.policy.model import check_model_dir, load_tokenizer
-
-        p = check_model_dir(path)
-        self.tokenizer = load_tokenizer(p)
-        self.llm = vllm.LLM(
-            model=str(p), gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs
-        )
-
-    def generate(self, prompts, k, *, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0):
-        import vllm  # pragma: no cover
-
-        params = vllm.SamplingParams(  # pragma: no cover
-            n=k,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_new_tokens,
-            seed=seed,
-        )
-        outs = self.llm.generate(list(prompts), params)  # pragma: no cover
-        eos = self.tokenizer.eos_token_id  # pragma: no cover
-        result = []  # pragma: no cover
-        for o in outs:  # pragma: no cover
-            group = []
-            for c in o.outputs:
-                ids = list(c.token_ids)
-                ended = c.finish_reason == "stop" and bool(ids) and ids[-1] == eos
-                text = self.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True)
-                group.append(Rollout(text, ids, truncated=c.finish_reason == "length"))
-            result.append(group)
-        return result
+        return VLLMEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- evaluation
