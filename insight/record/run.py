@@ -220,8 +220,11 @@ def check_resume_checkpoint(db: RunStore, run_dir: Path, run_id: str) -> None:
 
 def _check_same_experiment(existing: dict, cfg: RunConfig, dh: str, allow: bool) -> None:
     changes = []
+    # The stored config read under today's schema: a field added since the run was
+    # created takes its default on both sides, so it is no change (its stored hash would
+    # differ, being computed without the field).
     old = config_from_dict(json.loads(existing["config_json"]))
-    if existing["config_hash"] != cfg.identity_hash():
+    if old.identity_hash() != cfg.identity_hash():
         changes += _diff(old.model_dump(mode="json", exclude={"rounds", "tracking"}),
                          cfg.model_dump(mode="json", exclude={"rounds", "tracking"}))
     if existing["data_hash"] != dh:
