@@ -133,8 +133,10 @@ def test_max_prompt_tokens_and_completions_must_fit_the_context(qwen_dir, tmp_pa
 # --- the pipeline -------------------------------------------------------------------
 def test_three_rounds_of_a_chat_model_see_the_rendered_prompt_everywhere(
         qwen_dir, tmp_path, monkeypatch):
-    """A bf16 Qwen2 with a BPE tokenizer and a chat template, GSM8K rows without ids:
-    the recorded rendered prompt is what generation, the update and evaluation get."""
+    """A bf16 Qwen2 with a BPE tokenizer and a chat template, GSM8K rows without ids,
+    trained under bf16-mixed with gradient checkpointing, the optimizer state saved every
+    2 rounds: the recorded rendered prompt is what generation, the update and evaluation
+    get, and every round commits."""
     from insight import stages
     from insight.policy import generation, grpo
     from insight.record.store import RunStore
@@ -152,7 +154,9 @@ def test_three_rounds_of_a_chat_model_see_the_rendered_prompt_everywhere(
 
     monkeypatch.setattr(generation.HFEngine, "generate", spy_generate)
     monkeypatch.setattr(grpo, "make_policy_batch", spy_batch)
-    run = open_or_create_run(tmp_path / "run", _config(qwen_dir, tmp_path))
+    cfg = _config(qwen_dir, tmp_path, train={"precision": "bf16-mixed", "save_state_every": 2,
+                                             "gradient_checkpointing": True})
+    run = open_or_create_run(tmp_path / "run", cfg)
     stages.initial_round(run)
     for round_ in (1, 2, 3):
         with RunStore(run.run_dir) as db:
@@ -173,6 +177,10 @@ def test_three_rounds_of_a_chat_model_see_the_rendered_prompt_everywhere(
         assert r["rendered"] == render_expected(r["prompt"])
     # generation (rollout and evaluation) and the update got the recorded text, nothing else
     assert set(generated) <= rendered and set(trained) <= rendered
+    # weights every round; the optimizer at round 2 and at the planned last round 3
+    ckpts = {r: stages.checkpoint_dir(run, r) for r in (2, 3)}
+    assert all((c / "model.safetensors").is_file() for c in ckpts.values())
+    assert all(grpo.has_optimizer_state(c) for c in ckpts.values())
     assert trained and set(trained) <= set(generated)
     # and the audit shows it, from the published Parquet
     from insight.report.audit import prompt_history
