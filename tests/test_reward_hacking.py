@@ -274,6 +274,7 @@ def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix():
 
     from insight import stages
     from insight.policy import generation
+    from insight.problems.datasets import Problem
     from insight.problems.verifiers import MAX_COMPLETION_CHARS
 
     hostile = "\\boxed{42}" + "9" * 1_000_000  # 1 MB, injected in place of a sampled one
@@ -286,7 +287,8 @@ def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix():
     rollout_cfg = SimpleNamespace(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8,
                                   success_threshold=1.0)
     run = SimpleNamespace(run_id="r", config=SimpleNamespace(seed=0, rollout=rollout_cfg))
-    problems = {"p": SimpleNamespace(prompt="Q?", verifier="math", answer="42")}
+    problems = {"p": Problem(prompt_id="p", prompt="Q?", answer="42", source="test",
+                             difficulty=-1, verifier="math")}
 
     rows, successes = stages._generate_group_rows(run, 1, HostileEngine(), problems, ["p"], 0)
 
