@@ -142,6 +142,11 @@ class RolloutConfig(_Strict):
         "out of the run (skip, with a log line saying how many)."))
     success_threshold: float = Field(1.0, description=(
         "A rollout counts as a success when its reward is at or above this."))
+    max_tokens_per_generation_batch: int | None = Field(None, ge=1, description=(
+        "hf engine: decode as many consecutive sequences at once as keep sequences x "
+        "(longest prompt + max_new_tokens) within this many tokens (rollouts and "
+        "evaluation). None: fixed batches of 256 (rollout) / 512 (evaluation) sequences. "
+        "The sampled draws depend on the batching, so setting it changes the rollouts."))
 
 
 class PosteriorConfig(_Strict):

@@ -77,13 +77,16 @@ def cached_policy(path: str, device: str):
 
 def rollout_engine(run: Run, checkpoint: str, batch_size: int) -> generation.RolloutEngine:
     """The `policy.engine` that generates with the policy in `checkpoint`: `hf` samples
-    with the in-process transformers model (CPU or GPU), `vllm` with the process's one
+    with the in-process transformers model (CPU or GPU) in batches of `batch_size`
+    sequences or of `rollout.max_tokens_per_generation_batch` tokens, `vllm` with the process's one
     vLLM engine, which loads the checkpoint's weights in place (`vllm_rollout_engine`)."""
     cfg = run.config.policy
     if cfg.engine == "vllm":
         return vllm_rollout_engine(run, checkpoint)
     model, tok = cached_policy(checkpoint, cfg.device)
-    return generation.HFEngine(model, tok, batch_size=batch_size)
+    return generation.HFEngine(
+        model, tok, batch_size=batch_size,
+        max_tokens_per_batch=run.config.rollout.max_tokens_per_generation_batch)
 
 
 def vllm_rollout_engine(run: Run, checkpoint: str):
