@@ -161,6 +161,14 @@ class PosteriorConfig(_Strict):
         "prior of unseen prompts to the observed population each round."))
 
 
+class LoraOptions(_Strict):
+    r: int = Field(16, ge=1, description="LoRA rank (rows of A, columns of B).")
+    alpha: float = Field(32.0, gt=0, description="LoRA scale numerator: the update is alpha/r * B A.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1, description=(
+            "Names of the linear modules that get an adapter (peft's target_modules)."))
+
+
 class TrainConfig(_Strict):
     lr: float = Field(5e-4, gt=0, description="Adam learning rate.")
     clip_eps: float = Field(0.2, gt=0, description="PPO clip range (low side, and high unless set).")
@@ -189,6 +197,11 @@ class TrainConfig(_Strict):
     max_tokens_per_micro_batch: int | None = Field(None, ge=1, description=(
         "Size micro-batches by padded tokens (sequences x longest prompt+completion) "
         "instead of micro_batch_size; None keeps micro_batch_size."))
+    lora: LoraOptions | None = Field(None, description=(
+        "Train a LoRA adapter (peft, the `lora` extra) instead of every weight: the "
+        "optimizer holds only the adapter; each checkpoint holds the merged weights "
+        "(a plain HF model for rollout, evaluation and vLLM) and the adapter under "
+        "adapter/. None: full fine-tuning."))
 
 
 class EvalConfig(_Strict):
