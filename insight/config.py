@@ -142,6 +142,11 @@ class RolloutConfig(_Strict):
         "out of the run (skip, with a log line saying how many)."))
     success_threshold: float = Field(1.0, description=(
         "A rollout counts as a success when its reward is at or above this."))
+    max_tokens_per_generation_batch: int | None = Field(None, ge=1, description=(
+        "hf engine: decode as many consecutive sequences at once as keep sequences x "
+        "(longest prompt + max_new_tokens) within this many tokens (rollouts and "
+        "evaluation). None: fixed batches of 256 (rollout) / 512 (evaluation) sequences. "
+        "The sampled draws depend on the batching, so setting it changes the rollouts."))
 
 
 class PosteriorConfig(_Strict):
@@ -154,6 +159,14 @@ class PosteriorConfig(_Strict):
     prior: Literal["fixed", "empirical-bayes"] = Field("fixed", description=(
         "fixed: Beta(a0, b0) for unseen prompts; empirical-bayes (extension): refit the "
         "prior of unseen prompts to the observed population each round."))
+
+
+class LoraOptions(_Strict):
+    r: int = Field(16, ge=1, description="LoRA rank (rows of A, columns of B).")
+    alpha: float = Field(32.0, gt=0, description="LoRA scale numerator: the update is alpha/r * B A.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1, description=(
+            "Names of the linear modules that get an adapter (peft's target_modules)."))
 
 
 class TrainConfig(_Strict):
@@ -184,6 +197,11 @@ class TrainConfig(_Strict):
     max_tokens_per_micro_batch: int | None = Field(None, ge=1, description=(
         "Size micro-batches by padded tokens (sequences x longest prompt+completion) "
         "instead of micro_batch_size; None keeps micro_batch_size."))
+    lora: LoraOptions | None = Field(None, description=(
+        "Train a LoRA adapter (peft, the `lora` extra) instead of every weight: the "
+        "optimizer holds only the adapter; each checkpoint holds the merged weights "
+        "(a plain HF model for rollout, evaluation and vLLM) and the adapter under "
+        "adapter/. None: full fine-tuning."))
 
 
 class EvalConfig(_Strict):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from insight.policy import generation, grpo, model as policy_model, precision
+from insight.policy import generation, grpo, lora, model as policy_model, precision
 from insight.problems import verifiers
 from insight.record import layout
 from insight.record.metrics import round_metrics
@@ -77,13 +77,16 @@ def cached_policy(path: str, device: str):
 
 def rollout_engine(run: Run, checkpoint: str, batch_size: int) -> generation.RolloutEngine:
     """The `policy.engine` that generates with the policy in `checkpoint`: `hf` samples
-    with the in-process transformers model (CPU or GPU), `vllm` with the process's one
+    with the in-process transformers model (CPU or GPU) in batches of `batch_size`
+    sequences or of `rollout.max_tokens_per_generation_batch` tokens, `vllm` with the process's one
     vLLM engine, which loads the checkpoint's weights in place (`vllm_rollout_engine`)."""
     cfg = run.config.policy
     if cfg.engine == "vllm":
         return vllm_rollout_engine(run, checkpoint)
     model, tok = cached_policy(checkpoint, cfg.device)
-    return generation.HFEngine(model, tok, batch_size=batch_size)
+    return generation.HFEngine(
+        model, tok, batch_size=batch_size,
+        max_tokens_per_batch=run.config.rollout.max_tokens_per_generation_batch)
 
 
 def vllm_rollout_engine(run: Run, checkpoint: str):
@@ -384,9 +387,14 @@ def load_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
     state_round, state_dir = last_optimizer_state(run, held_round, checkpoint)
     device = policy_model.resolve_device(cfg.policy.device)
     mode = precision.resolve_precision(cfg.train.precision, device)
+    if cfg.train.lora is not None and held_round > 0 and not lora.has_adapter(checkpoint):
+        raise ValueError(f"train.lora is set but the checkpoint of round {held_round} has no "
+                         f"LoRA adapter ({checkpoint}); it was not written by a LoRA run")
     model, tok, opt = grpo.load_trainer_state(
         checkpoint, lr=cfg.train.lr, device=str(device), optimizer_from=state_dir,
-        precision=mode, gradient_checkpointing=cfg.train.gradient_checkpointing)
+        precision=mode, gradient_checkpointing=cfg.train.gradient_checkpointing,
+        lora_options=cfg.train.lora, lora_base=policy_checkpoint(run, 0),
+        lora_seed=stage_seed(cfg.seed, 0, TRAIN))
     if held_round > 0 and state_round != held_round:
         saved = (f"the optimizer state saved at round {state_round}" if state_round is not None
                  else "a fresh optimizer (no saved optimizer state is left)")

@@ -14,6 +14,7 @@ from insight.policy.generation import (
     evaluate_accuracy,
     generate_rollouts,
     greedy_answers,
+    token_budget_chunks,
 )
 from insight.policy.model import build_char_tokenizer, build_tiny_policy
 
@@ -169,3 +170,53 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError):
         generate_rollouts(model, tok, ["1="], 1, max_new_tokens=0, seed=0)
     assert generate_rollouts(model, tok, [], 3, seed=0) == []
+
+
+# --------------------------------------------------------------------------- token budget
+
+def test_token_budget_chunks_pack_consecutive_sequences_within_the_budget():
+    # n x (longest prompt + max_new_tokens) <= 10 with max_new_tokens 2
+    assert token_budget_chunks([3, 3, 5, 2], 2, 10) == [(0, 2), (2, 3), (3, 4)]
+    assert token_budget_chunks([1, 1, 1, 1, 1], 2, 9) == [(0, 3), (3, 5)]
+    assert token_budget_chunks([20, 1], 2, 10) == [(0, 1), (1, 2)]  # over budget: alone
+    assert token_budget_chunks([], 2, 10) == []
+
+
+def test_a_token_budget_that_yields_the_fixed_batches_gives_the_same_rollouts(monkeypatch):
+    import insight.policy.generation as generation
+
+    model, tok = build_tiny_policy(0, **SMALL)
+    prompts = ["1+2=", "3+4=", "5+6=", "7+8=", "9+1="]  # one prompt length
+    width = len(tok(prompts[0])["input_ids"]) + 5     # prompt + max_new_tokens
+    budget = 4 * width + width // 2                    # room for 4 sequences, not 5
+    shapes = []
+    real = generation.sample_batch
+
+    def spy(model, input_ids, attention_mask, **kw):
+        shapes.append(tuple(input_ids.shape))
+        return real(model, input_ids, attention_mask, **kw)
+
+    monkeypatch.setattr(generation, "sample_batch", spy)
+    fixed = generate_rollouts(model, tok, prompts, 2, max_new_tokens=5, seed=3, batch_size=4)
+    fixed_shapes, shapes[:] = list(shapes), []
+    by_tokens = generate_rollouts(model, tok, prompts, 2, max_new_tokens=5, seed=3,
+                                  max_tokens_per_batch=budget)
+    assert by_tokens == fixed
+    assert shapes == fixed_shapes == [(4, width - 5)] * 2 + [(2, width - 5)]
+    assert all(n * (p + 5) <= budget for n, p in shapes)
+
+
+def test_batch_sizes_respect_the_token_budget_with_mixed_prompt_lengths(monkeypatch):
+    import insight.policy.generation as generation
+
+    model, tok = build_tiny_policy(0, **SMALL)
+    prompts = ["1=", "12345+6789=", "3+4=", "99999+99999+9=", "5="]
+    shapes = []
+    real = generation.sample_batch
+    monkeypatch.setattr(generation, "sample_batch", lambda m, ids, att, **kw: (
+        shapes.append(tuple(ids.shape)), real(m, ids, att, **kw))[1])
+    out = HFEngine(model, tok, max_tokens_per_batch=60).generate(prompts, 3, max_new_tokens=4,
+                                                                 seed=1)
+    assert [len(g) for g in out] == [3] * 5
+    assert sum(n for n, _ in shapes) == 15 and len(shapes) > 2
+    assert all(n * (p + 4) <= 60 for n, p in shapes)

@@ -185,12 +185,16 @@ def generate_rollouts(
     max_new_tokens: int = 8,
     seed: int = 0,
     batch_size: int = 256,
+    max_tokens_per_batch: int | None = None,
 ) -> list[list[Rollout]]:
     """k sampled completions per prompt: result[i][j] is sample j of prompts[i].
 
     Prompts are encoded with the tokenizer's special tokens (BOS for the tiny policy)
-    and left-padded. Rows are decoded in chunks of `batch_size` sequences (the k copies
-    of a prompt are adjacent). Deterministic given `seed` (and batch_size) on CPU.
+    and left-padded. Rows are decoded in chunks (the k copies of a prompt are adjacent):
+    `batch_size` sequences each, or, with `max_tokens_per_batch`, as many consecutive
+    sequences as keep (sequences x (longest prompt + max_new_tokens)) within it
+    (`token_budget_chunks`). Deterministic given `seed` and the chunking on CPU: one
+    generator is drawn from across chunks, so another chunking gives other draws.
     temperature <= 0 gives greedy decoding.
     """
     if k < 1:
@@ -210,8 +214,9 @@ def generate_rollouts(
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
+        for start, end in _chunk_bounds(tokenizer, flat, batch_size, max_tokens_per_batch,
+                                        max_new_tokens):
+            chunk = flat[start:end]
             enc = tokenizer(list(chunk), return_tensors="pt", padding=True)
             new_ids, lengths, lp = sample_batch(
                 model,
@@ -244,13 +249,45 @@ def generate_rollouts(
     return [rows[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
-class HFEngine:
-    """RolloutEngine over an in-memory Hugging Face causal LM (CPU or CUDA)."""
+def token_budget_chunks(prompt_lengths: Sequence[int], max_new_tokens: int,
+                        max_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive runs of sequences whose decode batch stays within
+    `max_tokens`: a left-padded batch holds n x (longest prompt + max_new_tokens)
+    positions at the end of decoding, which is what its KV cache and activations scale
+    with. A sequence over the budget on its own is decoded alone (it cannot be split)."""
+    bounds: list[tuple[int, int]] = []
+    start, longest = 0, 0
+    for i, n_prompt in enumerate(prompt_lengths):
+        widest = max(longest, n_prompt)
+        if i > start and (i - start + 1) * (widest + max_new_tokens) > max_tokens:
+            bounds.append((start, i))
+            start, widest = i, n_prompt
+        longest = widest
+    if len(prompt_lengths) > start:
+        bounds.append((start, len(prompt_lengths)))
+    return bounds
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256):
+
+def _chunk_bounds(tokenizer, flat: Sequence[str], batch_size: int, max_tokens: int | None,
+                  max_new_tokens: int) -> list[tuple[int, int]]:
+    """Fixed `batch_size` chunks, or token-budget chunks when `max_tokens` is set."""
+    if max_tokens is None:
+        return [(s, min(s + batch_size, len(flat))) for s in range(0, len(flat), batch_size)]
+    lengths = [len(ids) for ids in tokenizer(list(flat))["input_ids"]]
+    return token_budget_chunks(lengths, max_new_tokens, max_tokens)
+
+
+class HFEngine:
+    """RolloutEngine over an in-memory Hugging Face causal LM (CPU or CUDA).
+    `max_tokens_per_batch` (when set) sizes decode batches by tokens instead of
+    `batch_size` sequences (see `generate_rollouts`)."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 256,
+                 max_tokens_per_batch: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
 
     @classmethod
     def from_path(cls, path, device: str = "auto", batch_size: int = 256) -> "HFEngine":
@@ -270,6 +307,7 @@ class HFEngine:
             max_new_tokens=max_new_tokens,
             seed=seed,
             batch_size=self.batch_size,
+            max_tokens_per_batch=self.max_tokens_per_batch,
         )
 
 

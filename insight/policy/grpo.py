@@ -465,10 +465,12 @@ def make_optimizer(model, lr: float, *, betas=(0.9, 0.999), eps: float = 1e-8, w
 
 
 def save_trainer_state(path, model, tokenizer, optimizer=None, *, extra: dict | None = None) -> Path:
-    """Policy (save_pretrained) + optimizer state + a small JSON, in directory `path`."""
+    """Policy (save_pretrained) + optimizer state + a small JSON, in directory `path`.
+    A LoRA model is saved merged (a plain HF checkpoint) with its adapter beside it."""
+    from insight.policy import lora
     from insight.policy.model import save_policy
 
-    p = save_policy(model, tokenizer, path)
+    p = lora.save(model, tokenizer, path) if lora.is_lora(model) else save_policy(model, tokenizer, path)
     state = dict(extra or {})
     if optimizer is not None:
         torch.save(optimizer.state_dict(), p / OPTIMIZER_FILE)
@@ -518,6 +520,9 @@ def load_trainer_state(
     optimizer_from=None,
     precision: Precision = "fp32",
     gradient_checkpointing: bool = False,
+    lora_options=None,
+    lora_base=None,
+    lora_seed: int = 0,
 ):
     """(model [train mode], tokenizer, optimizer) from a directory written by
     `save_trainer_state` or any policy directory (then the optimizer starts fresh).
@@ -530,14 +535,26 @@ def load_trainer_state(
 
     The weights are cast to `precision`'s weight dtype before the optimizer is built
     (fp32 master weights under fp32 and bf16-mixed, even from a bf16 checkpoint), and
-    a saved optimizer state is cast to it on load."""
+    a saved optimizer state is cast to it on load.
+
+    With `lora_options` (r, alpha, target_modules) the model is LoRA-wrapped and the
+    optimizer holds only the adapter: a checkpoint that has an adapter continues it on
+    the base weights in `lora_base` (the run's policy(0)); one without starts a fresh
+    adapter, drawn under `lora_seed`, on its own weights."""
+    from insight.policy import lora
     from insight.policy.model import load_policy
     from insight.policy.precision import prepare_for_training
 
-    model, tok = load_policy(path, device=device)
+    resume_adapter = lora_options is not None and lora.has_adapter(path)
+    model, tok = load_policy(lora_base if resume_adapter else path, device=device)
     prepare_for_training(model, precision)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if resume_adapter:
+        model = lora.load_adapter(model, path)
+    elif lora_options is not None:
+        model = lora.wrap(model, r=lora_options.r, alpha=lora_options.alpha,
+                          target_modules=lora_options.target_modules, seed=lora_seed)
     model.train()
     opt = make_optimizer(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
     state_dir = Path(path if optimizer_from is None else optimizer_from)
