@@ -83,10 +83,23 @@ def rollout_engine(run: Run, checkpoint: str, batch_size: int) -> generation.Rol
     cfg = run.config.policy
     if cfg.engine == "vllm":
         return vllm_rollout_engine(run, checkpoint)
-    model, tok = cached_policy(checkpoint, cfg.device)
+    model, tok = _generation_policy(run, checkpoint)
     return generation.HFEngine(
         model, tok, batch_size=batch_size,
         max_tokens_per_batch=run.config.rollout.max_tokens_per_generation_batch)
+
+
+def _generation_policy(run: Run, checkpoint: str):
+    """The model the hf engine generates with: the kept-alive trainer's own when it holds
+    exactly `checkpoint` (one copy of the policy in memory, not a trainer and a reader;
+    the same weights, so the same draws), else a read-only copy loaded from disk. A LoRA
+    trainer is a base model plus an adapter, not the merged checkpoint: never shared."""
+    trainer = _TRAINER.get("trainer")
+    if (run.config.train.lora is None and trainer is not None
+            and trainer.key == _trainer_key(run) and trainer.weights is not None
+            and trainer.weights == _weights_identity(checkpoint)):
+        return trainer.model, trainer.tokenizer
+    return cached_policy(checkpoint, run.config.policy.device)
 
 
 def vllm_rollout_engine(run: Run, checkpoint: str):

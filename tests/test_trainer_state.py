@@ -238,3 +238,22 @@ def test_a_clean_stop_between_two_state_saves_writes_the_exact_optimizer_state(
     with caplog.at_level(logging.WARNING, logger="insight.stages"):
         run_rounds(run, [4])
     assert not [r for r in caplog.records if r.name == "insight.stages"]
+
+
+def test_rollout_and_evaluation_generate_with_the_trainers_copy(tmp_path, monkeypatch):
+    """One copy of the policy in memory: once round 1 has trained, evaluating it and
+    rolling out round 2 use the kept-alive trainer's model, not a second copy from disk."""
+    from insight.policy import model as policy_model
+    run = make_run(tmp_path, rounds=3)
+    run_rounds(run, [1])
+    loaded = []
+    real_load = policy_model.load_policy
+    monkeypatch.setattr(policy_model, "load_policy",
+                        lambda path, *a, **kw: loaded.append(str(path)) or real_load(path, *a, **kw))
+    stages._POLICY_CACHE.clear()
+    stages.evaluate(run, 1, force=True)
+    with RunStore(run.run_dir) as db:
+        db.start_round(run.run_id, 2, None)
+    stages.select(run, 2)
+    stages.rollout(run, 2)
+    assert loaded == []
