@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from insight.record.metrics import format_progress, summarize
 from insight.record.run import check_resume_checkpoint, load_run
 from insight.record.runlock import training_lock
-from insight.stages import ensure_published, flush_optimizer_state
+from insight.stages import ensure_published
+from insight.trainer import flush_optimizer_state
 from insight.record.store import RunStore
 from tasks import stages as t
 from tasks.tracking import try_end, try_sync

@@ -19,29 +19,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from insight.policy import generation, grpo, lora, model as policy_model, precision
+from insight.policy import generation, grpo, model as policy_model
 from insight.problems import verifiers
 from insight.record import layout
 from insight.record.metrics import round_metrics
-from insight.record.run import Run, load_problems_of, path_for_record, path_in_run, stage_seed
+from insight.record.run import (EVALUATE, GENERATE, SELECT, TRAIN, Run, load_problems_of,
+                                path_for_record, path_in_run, stage_seed)
 from insight.record.schema import RUN_TABLES_ROUND
 from insight.record.store import RunStore
+from insight import trainer as trainers
 from insight.round_state import SelectionState
+# The flow and the tests reach the trainer's lifecycle through the stage layer.
+from insight.trainer import drop_trainer, flush_optimizer_state  # noqa: F401
 from insight.selection import registry
 from insight.selection.dapo import generation_batches
 from insight.selection.posterior import PosteriorState
 from insight.selection.selectors import Selection
 
-SELECT, GENERATE, EVALUATE, TRAIN = 1, 2, 3, 4  # seed streams
 ROLLOUT_BATCH, EVAL_BATCH = 256, 512  # sequences decoded at once by the HF engine
 
 log = logging.getLogger("insight.stages")
@@ -94,11 +95,9 @@ def _generation_policy(run: Run, checkpoint: str):
     exactly `checkpoint` (one copy of the policy in memory, not a trainer and a reader;
     the same weights, so the same draws), else a read-only copy loaded from disk. A LoRA
     trainer is a base model plus an adapter, not the merged checkpoint: never shared."""
-    trainer = _TRAINER.get("trainer")
-    if (run.config.train.lora is None and trainer is not None
-            and trainer.key == _trainer_key(run) and trainer.weights is not None
-            and trainer.weights == _weights_identity(checkpoint)):
-        return trainer.model, trainer.tokenizer
+    kept = trainers.holding(run, checkpoint)
+    if run.config.train.lora is None and kept is not None:
+        return kept.model, kept.tokenizer
     return cached_policy(checkpoint, run.config.policy.device)
 
 
@@ -316,7 +315,7 @@ def train(run: Run, round_: int) -> dict:
     # One trainer copy in memory: the generation copies cached for rollout are of
     # earlier policies and never used again once this round trains.
     _POLICY_CACHE.clear()
-    trainer = take_trainer(run, round_ - 1, src)
+    trainer = trainers.take_trainer(run, round_ - 1, src)
     prompts, completions, rewards = _groups(t, cfg.rollout.k)
     if not prompts:  # e.g. DAPO kept no group: nothing to learn from, the policy carries over
         batch = grpo.PolicyBatch([], [], [])
@@ -331,171 +330,9 @@ def train(run: Run, round_: int) -> dict:
                                shuffle_seed=stage_seed(cfg.seed, round_, TRAIN),
                                max_tokens_per_micro_batch=cfg.train.max_tokens_per_micro_batch,
                                precision=trainer.precision)
-    write_checkpoint(run, round_, trainer, stats)
-    keep_trainer(trainer)
+    trainers.write_checkpoint(run, round_, trainer, stats)
+    trainers.keep_trainer(trainer)
     return stats
-
-
-# --- the trainer across rounds ------------------------------------------------------
-OPTIMIZER_STATE_ROUND = "optimizer_state_round"  # trainer_state.json: where its Adam state is
-
-
-@dataclass
-class Trainer:
-    """The policy being trained, its optimizer and (with a KL term) the reference policy,
-    kept alive between rounds. `round` is the policy it holds, `weights` the identity of
-    that round's weights file as written, so a cached trainer is used only for exactly
-    the checkpoint the store says is policy(r-1)."""
-
-    key: tuple
-    round: int
-    weights: tuple | None
-    model: object
-    tokenizer: object
-    optimizer: object
-    ref: object | None = None
-    state_round: int | None = None  # the last round whose optimizer state is on disk
-    precision: str = "fp32"         # train.precision, resolved for the device
-
-
-_TRAINER: dict[str, Trainer] = {}  # one slot: the trainer of the run this process trains
-
-
-def _trainer_key(run: Run) -> tuple:
-    return (str(run.run_dir), run.run_id, str(policy_model.resolve_device(run.config.policy.device)))
-
-
-def _weights_identity(checkpoint: str | Path) -> tuple | None:
-    """(name, inode, size, mtime) of each weights file: changes whenever another attempt
-    of the round rewrites the checkpoint, even at the same path."""
-    files = sorted(Path(checkpoint).glob("*.safetensors"))
-    if not files:
-        return None
-    return tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns)
-                 for f, st in ((f, f.stat()) for f in files))
-
-
-def take_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
-    """The trainer holding policy(held_round): the one kept alive in this process when
-    it holds exactly that checkpoint, else loaded from disk. The cache slot is emptied
-    either way: the update changes the model in place, so a failed update must not
-    leave a trainer that claims to hold policy(held_round)."""
-    cfg = run.config
-    cached = _TRAINER.pop("trainer", None)
-    if (cached is not None and cached.key == _trainer_key(run) and cached.round == held_round
-            and cached.weights is not None and cached.weights == _weights_identity(checkpoint)):
-        grpo.set_hyperparameters(cached.optimizer, cfg.train.lr)
-        if cfg.train.kl_coef > 0 and cached.ref is None:
-            cached.ref = _reference_policy(run)
-        return cached
-    del cached  # free its memory before loading another copy
-    return load_trainer(run, held_round, checkpoint)
-
-
-def load_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
-    """Policy(held_round) from `checkpoint` with the newest optimizer state saved at or
-    before that round. When that state is older than the weights (a crash between two
-    `train.save_state_every` saves), the log says so in one line."""
-    cfg = run.config
-    state_round, state_dir = last_optimizer_state(run, held_round, checkpoint)
-    device = policy_model.resolve_device(cfg.policy.device)
-    mode = precision.resolve_precision(cfg.train.precision, device)
-    if cfg.train.lora is not None and held_round > 0 and not lora.has_adapter(checkpoint):
-        raise ValueError(f"train.lora is set but the checkpoint of round {held_round} has no "
-                         f"LoRA adapter ({checkpoint}); it was not written by a LoRA run")
-    model, tok, opt = grpo.load_trainer_state(
-        checkpoint, lr=cfg.train.lr, device=str(device), optimizer_from=state_dir,
-        precision=mode, gradient_checkpointing=cfg.train.gradient_checkpointing,
-        lora_options=cfg.train.lora, lora_base=policy_checkpoint(run, 0),
-        lora_seed=stage_seed(cfg.seed, 0, TRAIN))
-    if held_round > 0 and state_round != held_round:
-        saved = (f"the optimizer state saved at round {state_round}" if state_round is not None
-                 else "a fresh optimizer (no saved optimizer state is left)")
-        log.warning("round %d continues from the weights of round %d with %s "
-                    "(train.save_state_every=%d)", held_round + 1, held_round, saved,
-                    cfg.train.save_state_every)
-    ref = _reference_policy(run) if cfg.train.kl_coef > 0 else None
-    return Trainer(_trainer_key(run), held_round, _weights_identity(checkpoint), model, tok,
-                   opt, ref, state_round, mode)
-
-
-def _reference_policy(run: Run):
-    """The frozen KL reference: bf16 storage suffices under bf16 autocast."""
-    device = policy_model.resolve_device(run.config.policy.device)
-    mode = precision.resolve_precision(run.config.train.precision, device)
-    ref, _ = policy_model.load_policy(policy_checkpoint(run, 0), device=device,
-                                      dtype=precision.reference_dtype(mode))
-    return ref
-
-
-def last_optimizer_state(run: Run, held_round: int,
-                         checkpoint: str | None = None) -> tuple[int | None, Path | None]:
-    """(round, directory) of the newest optimizer state saved at or before `held_round`:
-    the checkpoint of policy(held_round) itself, else the newest round checkpoint below
-    it that has one; (None, None) when there is none (a fresh optimizer). Round 0 is the
-    configured policy: its directory's state, if it ships one."""
-    if checkpoint is not None and grpo.has_optimizer_state(checkpoint):
-        return held_round, Path(checkpoint)
-    if held_round == 0:
-        return None, None
-    for r in reversed(layout.rounds_in(layout.checkpoints_root(run.run_dir))):
-        if 1 <= r < held_round and grpo.has_optimizer_state(checkpoint_dir(run, r)):
-            return r, checkpoint_dir(run, r)
-    return None, None
-
-
-def saves_state(run: Run, round_: int) -> bool:
-    """Whether round r writes the full optimizer state: every `train.save_state_every`
-    rounds and at the planned last round (a finished run continues exactly)."""
-    return round_ % run.config.train.save_state_every == 0 or round_ == run.config.rounds
-
-
-def write_checkpoint(run: Run, round_: int, trainer: Trainer, stats: dict) -> Path:
-    """Checkpoint(r): the policy weights (safetensors) every round, the optimizer state
-    when `saves_state`. Written to `round_NNNNN.tmp/` and renamed into place, so a reader
-    sees a whole checkpoint or none. The trainer then holds policy(r)."""
-    dst = checkpoint_dir(run, round_)
-    with_state = saves_state(run, round_)
-    state_round = round_ if with_state else trainer.state_round
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    grpo.save_trainer_state(tmp, trainer.model, trainer.tokenizer,
-                            trainer.optimizer if with_state else None,
-                            extra={"round": round_, OPTIMIZER_STATE_ROUND: state_round})
-    (tmp / "train_stats.json").write_text(json.dumps(stats))
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-    trainer.round, trainer.state_round = round_, state_round
-    trainer.weights = _weights_identity(dst)
-    return dst
-
-
-def flush_optimizer_state(run: Run) -> int | None:
-    """When a flow run ends cleanly before its state save (`--max-new-rounds`, a
-    scheduled run), write the kept-alive trainer's optimizer state into the checkpoint
-    of the round it holds, so the next flow run (a new process) continues exactly.
-    Adds `optimizer.pt` atomically (written aside, renamed); the weights are untouched.
-    Returns the round whose state was written, None when there was nothing to do."""
-    trainer = _TRAINER.get("trainer")
-    if trainer is None or trainer.key != _trainer_key(run) or trainer.state_round == trainer.round:
-        return None
-    ckpt = checkpoint_dir(run, trainer.round)
-    if trainer.weights is None or trainer.weights != _weights_identity(ckpt):
-        return None  # the checkpoint on disk is not the one this trainer wrote
-    grpo.save_optimizer_state(ckpt, trainer.optimizer,
-                              extra={"round": trainer.round, OPTIMIZER_STATE_ROUND: trainer.round})
-    trainer.state_round = trainer.round
-    return trainer.round
-
-
-def keep_trainer(trainer: Trainer) -> None:
-    """Keep the trainer alive for the next round of its run (one slot per process)."""
-    _TRAINER["trainer"] = trainer
-
-
-def drop_trainer() -> None:
-    """Forget the kept-alive trainer (its memory is freed with the last reference)."""
-    _TRAINER.clear()
 
 
 def _groups(t: pa.Table, k: int):
@@ -574,7 +411,8 @@ def prune_checkpoints(run: Run, keep_round: int) -> None:
     two `train.save_state_every` saves continues with it); the final policy is always
     the newest."""
     keep = run.config.train.keep_checkpoints
-    state_round, _ = last_optimizer_state(run, keep_round, str(checkpoint_dir(run, keep_round)))
+    state_round, _ = trainers.last_optimizer_state(run, keep_round,
+                                                  str(checkpoint_dir(run, keep_round)))
     for r in layout.rounds_in(layout.checkpoints_root(run.run_dir)):
         if r < keep_round - keep + 1 and r != state_round:
             shutil.rmtree(layout.checkpoint_dir(run.run_dir, r), ignore_errors=True)

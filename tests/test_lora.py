@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 pytest.importorskip("peft")  # the `lora` extra (also in `test`)
 
 from insight import stages
+from insight import trainer as trainers
 from insight.policy import lora
 from insight.policy.model import load_policy
 from insight.record import layout
@@ -29,7 +30,7 @@ def no_trainer_kept_from_another_test():
 def test_lora_trains_only_the_adapter_and_checkpoints_merged_weights(tmp_path):
     run = make_run(tmp_path, rounds=2, lora=LORA, lr=1e-2)
     run_rounds(run, [1, 2])
-    trainer = stages._TRAINER["trainer"]
+    trainer = trainers._TRAINER["trainer"]
     assert lora.is_lora(trainer.model)
     named = dict(trainer.model.named_parameters())
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}

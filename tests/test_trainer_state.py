@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from insight import stages
+from insight import trainer as trainers
 from insight.config import config_from_dict
 from insight.policy import grpo
 from insight.record import layout
@@ -99,9 +100,9 @@ def test_weights_every_round_and_the_optimizer_state_every_n_rounds(tmp_path, ca
     run = make_run(tmp_path, rounds=3, save_state_every=2, keep_checkpoints=5)
     run_rounds(run, [1, 2])
     stages.drop_trainer()  # a resume right after a state save is exact, and silent
-    with caplog.at_level(logging.WARNING, logger="insight.stages"):
+    with caplog.at_level(logging.WARNING, logger="insight.trainer"):
         run_rounds(run, [3])
-    assert not [r for r in caplog.records if r.name == "insight.stages"]
+    assert not [r for r in caplog.records if r.name == "insight.trainer"]
     has_state = {r: grpo.has_optimizer_state(layout.checkpoint_dir(run.run_dir, r))
                  for r in range(1, 4)}
     # every 2nd round, and the planned last round (3) so a finished run continues exactly
@@ -111,7 +112,7 @@ def test_weights_every_round_and_the_optimizer_state_every_n_rounds(tmp_path, ca
         assert (ckpt / "model.safetensors").is_file()
         assert not list(ckpt.glob("*.bin"))  # never pickled weights
         state = json.loads((ckpt / grpo.TRAINER_STATE_FILE).read_text())
-        assert state[stages.OPTIMIZER_STATE_ROUND] == {1: None, 2: 2, 3: 3}[r]
+        assert state[trainers.OPTIMIZER_STATE_ROUND] == {1: None, 2: 2, 3: 3}[r]
     assert not list(layout.checkpoints_root(run.run_dir).glob("*.tmp"))
 
 
@@ -125,7 +126,7 @@ def test_a_resume_between_two_state_saves_continues_with_the_last_saved_optimize
                        weights_only=True)
     weights_3 = weights(run, 3)
     started_from = []
-    real = stages.load_trainer
+    real = trainers.load_trainer
 
     def spy(run_, held_round, checkpoint):
         trainer = real(run_, held_round, checkpoint)
@@ -135,10 +136,10 @@ def test_a_resume_between_two_state_saves_continues_with_the_last_saved_optimize
                              int(trainer.optimizer.state[next(trainer.model.parameters())]["step"])))
         return trainer
 
-    monkeypatch.setattr(stages, "load_trainer", spy)
-    with caplog.at_level(logging.WARNING, logger="insight.stages"):
+    monkeypatch.setattr(trainers, "load_trainer", spy)
+    with caplog.at_level(logging.WARNING, logger="insight.trainer"):
         run_round(run, 4)
-    lines = [r.getMessage() for r in caplog.records if r.name == "insight.stages"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "insight.trainer"]
     assert lines == ["round 4 continues from the weights of round 3 with the optimizer "
                      "state saved at round 2 (train.save_state_every=2)"]
 
@@ -151,7 +152,7 @@ def test_a_resume_between_two_state_saves_continues_with_the_last_saved_optimize
         assert db.committed_rounds(run.run_id) == [0, 1, 2, 3, 4]
 
     # not exact, as documented: an uninterrupted run used the moments of round 3
-    monkeypatch.setattr(stages, "load_trainer", real)
+    monkeypatch.setattr(trainers, "load_trainer", real)
     stages.drop_trainer()
     straight = make_run(tmp_path, "straight", save_state_every=2)
     run_rounds(straight, [1, 2, 3, 4])
@@ -224,20 +225,20 @@ def test_a_clean_stop_between_two_state_saves_writes_the_exact_optimizer_state(
     assert not grpo.has_optimizer_state(ckpt)
     assert stages.flush_optimizer_state(run) == 3
     assert stages.flush_optimizer_state(run) is None  # already written: nothing to do
-    kept = stages._TRAINER["trainer"].optimizer.state_dict()
+    kept = trainers._TRAINER["trainer"].optimizer.state_dict()
     saved = torch.load(ckpt / grpo.OPTIMIZER_FILE, weights_only=True)
     assert saved["state"].keys() == kept["state"].keys()
     assert all(torch.equal(saved["state"][i]["exp_avg_sq"], kept["state"][i]["exp_avg_sq"])
                for i in kept["state"])
     state = json.loads((ckpt / grpo.TRAINER_STATE_FILE).read_text())
-    assert state[stages.OPTIMIZER_STATE_ROUND] == 3 and state["optimizer_steps"] == 3
+    assert state[trainers.OPTIMIZER_STATE_ROUND] == 3 and state["optimizer_steps"] == 3
     assert (ckpt / "model.safetensors").stat().st_mtime_ns == weights_before.st_mtime_ns
     assert not list(ckpt.glob("*.tmp"))
 
     stages.drop_trainer()
-    with caplog.at_level(logging.WARNING, logger="insight.stages"):
+    with caplog.at_level(logging.WARNING, logger="insight.trainer"):
         run_rounds(run, [4])
-    assert not [r for r in caplog.records if r.name == "insight.stages"]
+    assert not [r for r in caplog.records if r.name == "insight.trainer"]
 
 
 def test_rollout_and_evaluation_generate_with_the_trainers_copy(tmp_path, monkeypatch):

@@ -267,6 +267,9 @@ def load_problems_of(run: Run, split: str, db: RunStore | None = None) -> list[d
     return [datasets.Problem(**row) for row in t.to_pylist()]
 
 
+SELECT, GENERATE, EVALUATE, TRAIN = 1, 2, 3, 4  # the seed streams of a round's stages
+
+
 def stage_seed(run_seed: int, round_: int, stream: int) -> int:
     """Seeds derive from (run seed, round, stream) only, so a resumed run draws exactly
     what an uninterrupted one would have drawn."""
