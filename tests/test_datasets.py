@@ -16,12 +16,12 @@ from insight.problems.datasets import (
     countdown_solutions,
     generate_arithmetic,
     generate_countdown,
-    load_problems,
     problems_from_arrow,
     problems_to_arrow,
     train_eval_split,
     validate_problems,
 )
+from insight.problems.local_data import load_problems
 from insight.problems.verifiers import parse_countdown_reference, verify
 
 # ------------------------------------------------------------------------- arithmetic

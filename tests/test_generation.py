@@ -10,13 +10,13 @@ from insight.policy.generation import (
     HFEngine,
     Rollout,
     RolloutEngine,
-    VLLMEngine,
     evaluate_accuracy,
     generate_rollouts,
     greedy_answers,
     token_budget_chunks,
 )
 from insight.policy.model import build_char_tokenizer, build_tiny_policy
+from insight.policy.vllm_engine import VLLMEngine
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 

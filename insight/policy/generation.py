@@ -4,7 +4,7 @@ The seam is `RolloutEngine`: anything with `generate(prompts, k, *, temperature,
 max_new_tokens, seed) -> list[list[Rollout]]`. `HFEngine` samples with a plain
 Hugging Face causal LM (batched, KV cache, a hand-written decode loop that draws from a
 local `torch.Generator`, so results are reproducible given the seed on CPU and never
-touch the global RNG). `VLLMEngine` (in `vllm_engine`, importable from here) is the GPU
+touch the global RNG). `VLLMEngine` (in `insight.policy.vllm_engine`) is the GPU
 path for real runs: one long-lived vLLM engine that loads each round's weights in place
 (needs the optional `gpu` extra; vLLM is imported only when it is built).
 
@@ -309,15 +309,6 @@ class HFEngine:
             batch_size=self.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
         )
-
-
-def __getattr__(name: str):
-    """`generation.VLLMEngine` lives in `vllm_engine` (it imports `Rollout` from here)."""
-    if name == "VLLMEngine":
-        from insight.policy.vllm_engine import VLLMEngine
-
-        return VLLMEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- evaluation

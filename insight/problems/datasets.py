@@ -39,7 +39,6 @@ __all__ = [
     "generate_countdown",
     "countdown_solutions",
     "train_eval_split",
-    "load_problems",
     "validate_problems",
     "problems_to_arrow",
     "problems_from_arrow",
@@ -396,12 +395,3 @@ def problems_from_arrow(table: pa.Table) -> list[Problem]:
 
 # --------------------------------------------------------------------------- loading
 
-
-def __getattr__(name: str):
-    """`load_problems` lives in insight.problems.local_data (file formats and field
-    mapping); it is still reachable here, where callers have always imported it."""
-    if name == "load_problems":
-        from insight.problems.local_data import load_problems
-
-        return load_problems
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
