@@ -55,8 +55,9 @@ def cmd_train(args) -> int:
     continues = run_dir is not None and db_path(run_dir).exists() \
         and args.config is None and not args.set and not args.selector and args.seed is None
     cfg = None if continues else load_config(args.config, _overrides(args))
-    if cfg is not None:
-        check_config(cfg)  # a config mistake is refused before a run directory exists
+    # A config mistake is refused before a run directory exists; the checked problems
+    # (loaded, rendered, validated) are then used as they are, not loaded again.
+    problems = check_config(cfg) if cfg is not None else None
     run_dir = run_dir or default_run_dir(cfg)
     # Lock before reading or writing anything of the run: a second `train` on a run
     # that is training must not store its config before it is refused.
@@ -64,7 +65,8 @@ def cmd_train(args) -> int:
         if continues:
             stored = load_run(run_dir).config
             cfg = stored.model_copy(update={"rounds": args.rounds or stored.rounds})
-        run = open_or_create_run(run_dir, cfg, allow_changed=args.allow_changed)
+        run = open_or_create_run(run_dir, cfg, allow_changed=args.allow_changed,
+                                 problems=problems)
         return _train(run, args.rounds or cfg.rounds, getattr(args, "max_new_rounds", None))
 
 

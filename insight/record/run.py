@@ -134,13 +134,15 @@ def render_prompts(cfg: RunConfig, train, held_out):
     return tuple(out)
 
 
-def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False) -> Run:
+def open_or_create_run(run_dir: str | Path, cfg: RunConfig, *, allow_changed: bool = False,
+                       problems: tuple[list, list] | None = None) -> Run:
     """Reopen the run in `run_dir`, or create it. Everything is validated before any
     training: config, policy path, dataset rows, the checkpoint a resume starts from.
     The run lock is held throughout, so a run another process is training is refused
-    before its stored config is touched."""
+    before its stored config is touched. `problems`: what `check_config(cfg)` returned,
+    when the caller has already checked `cfg` (so the data is not loaded twice)."""
     run_dir = Path(run_dir).resolve()
-    train, held_out = check_config(cfg)
+    train, held_out = problems if problems is not None else check_config(cfg)
     dh = data_hash(train, held_out)
     with training_lock(run_dir), RunStore(run_dir) as db:
         existing = db.get_run()
