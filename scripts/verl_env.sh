@@ -16,4 +16,6 @@ PY="${PYTHON:-python3.11}"
 # InSight itself (its own pins may be older/newer than verl's; pip reports conflicts)
 "$VENV/bin/pip" install -q --no-deps -e .
 "$VENV/bin/pip" install -q duckdb pyarrow pydantic pyyaml numpy scipy sympy numba
+# verl 0.9.1 imports these in verl.trainer.ppo.ray_trainer without declaring them
+"$VENV/bin/pip" install -q cachetools uvicorn fastapi
 "$VENV/bin/python" -c "import verl, transformers, torch; print('verl', verl.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
