@@ -145,7 +145,8 @@ class OnlineSelection:
                              completion_token_ids, verifier_errors, truncated)
         outcomes = (rows.group_by("prompt_id")
                     .aggregate([("success", "sum"), ("success", "count")])
-                    .rename_columns(["prompt_id", "s", "n"]))
+                    .select(["prompt_id", "success_sum", "success_count"])  # by name:
+                    .rename_columns(["prompt_id", "s", "n"]))  # pyarrow's order has varied
         state = SelectionState(self.run, self.posteriors[r - 1], self.selector)
         post = state.observe(outcomes.cast(pa.schema([("prompt_id", pa.string()),
                                                       ("s", pa.float64()),
