@@ -53,8 +53,8 @@ def replay(run_dir: str | Path, selector: str, overrides: dict[str, Any] | None 
     picks, and the expected informative groups of both sets; then a summary. `overrides`
     are the selector's config fields ({"gamma": 2.0}); `include_picks` False leaves the
     prompt id lists out (the counts stay)."""
+    get(selector)  # an unknown name: one line listing the known selectors
     cfg = parse_selector_config({**(overrides or {}), "type": selector})
-    get(cfg.type)
     return with_view(run_dir, None, lambda v: _replay(v, cfg, include_picks))
 
 
