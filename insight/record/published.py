@@ -269,12 +269,18 @@ def round_success_counts(view: RunView, rounds: Iterable[int]) -> pa.Table:
                     "GROUP BY prompt_id ORDER BY prompt_id")
 
 
-def round_groups(view: RunView, round_: int) -> pa.Table:
-    """One row per generated group of the round: prompt_id, gen_batch, successes `s`
-    and rollouts `n`."""
-    return view.sql("SELECT prompt_id, gen_batch, sum(success::INT)::INTEGER AS s, "
-                    f"count(*)::INTEGER AS n FROM {view.scan('rollouts', [round_])} "
-                    "GROUP BY prompt_id, gen_batch ORDER BY gen_batch, prompt_id")
+def round_groups(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """One row per generated group of `rounds`: round, prompt_id, gen_batch, successes
+    `s` and rollouts `n` (one scan of the rounds' rollouts files)."""
+    return view.sql("SELECT round, prompt_id, gen_batch, sum(success::INT)::INTEGER AS s, "
+                    f"count(*)::INTEGER AS n FROM {view.scan('rollouts', list(rounds))} "
+                    "GROUP BY round, prompt_id, gen_batch ORDER BY round, gen_batch, prompt_id")
+
+
+def selector_states(view: RunView, rounds: Iterable[int]) -> dict[int, str | None]:
+    """round -> the selector's state saved with it (JSON text or None)."""
+    t = view.sql(f"SELECT round, selector_state FROM {view.scan('rounds', list(rounds))}")
+    return dict(zip(t["round"].to_pylist(), t["selector_state"].to_pylist()))
 
 
 def stored_selections(view: RunView, round_: int) -> pa.Table:
@@ -284,8 +290,9 @@ def stored_selections(view: RunView, round_: int) -> pa.Table:
                     "ORDER BY gen_batch, rank")
 
 
-def selected_in_round(view: RunView, round_: int) -> pa.Table:
-    """The round's selected prompts (prompt_id, gen_batch, rank), in generation order."""
-    return view.sql("SELECT prompt_id, gen_batch, rank FROM "
-                    f"{view.scan('selections', [round_])} WHERE selected "
-                    "ORDER BY gen_batch, rank")
+def selected_in_rounds(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """The selected prompts of `rounds` (round, prompt_id, gen_batch, rank), in round
+    and generation order."""
+    return view.sql("SELECT round, prompt_id, gen_batch, rank FROM "
+                    f"{view.scan('selections', list(rounds))} WHERE selected "
+                    "ORDER BY round, gen_batch, rank")

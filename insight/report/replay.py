@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 from scipy.special import betaln
 
-from insight.record.published import RunView, round_groups, selected_in_round, with_view
+from insight.record.published import (RunView, round_groups, selected_in_rounds,
+                                      selector_states, with_view)
 from insight.record.run import SELECT, stage_seed
-from insight.report.rescore import PosteriorHistory, RecordedRun, saved_selector
+from insight.report.rescore import PosteriorHistory, RecordedRun
 from insight.selection.posterior import PosteriorState
 from insight.selection.registry import get, make_selector, parse_selector_config
 
@@ -66,6 +67,10 @@ def _replay(view: RunView, cfg, include_picks: bool) -> dict[str, Any]:
     B, k = run.config.rollout.batch_size, run.config.rollout.k
     own = cfg.type == run.config.selector.type
     history = PosteriorHistory(view, run)
+    # the small per-round tables in one scan each, not one per round
+    states = selector_states(view, [r - 1 for r in rounds])
+    picked = _by_round(selected_in_rounds(view, rounds))
+    groups = _by_round(round_groups(view, rounds))
     fresh = make_selector(cfg)
     out = []
     for round_ in rounds:
@@ -73,28 +78,32 @@ def _replay(view: RunView, cfg, include_picks: bool) -> dict[str, Any]:
         selector = fresh
         if own:  # the state the run's selector saved after the round before
             selector = make_selector(cfg)
-            state = saved_selector(run, view, round_ - 1).state_dict()
-            selector.load_state_dict(state)
+            if states.get(round_ - 1):
+                selector.load_state_dict(json.loads(states[round_ - 1]))
         rng = np.random.default_rng(stage_seed(run.seed, round_, SELECT))
         picks = list(selector.select(post, B, k, rng).prompt_ids)
         if not own:
             fresh.observe(np.asarray(picks, dtype=object), np.zeros(len(picks)),
                           np.zeros(len(picks)))
-        out.append(_round_row(view, round_, post, picks, k, include_picks))
+        out.append(_round_row(round_, picked.get(round_, []), groups.get(round_, []), post,
+                              picks, k, include_picks))
     return {"run_dir": str(view.run_dir), "run_id": run.run_id,
             "run_selector": run.config.selector.model_dump(mode="json"),
             "selector": cfg.model_dump(mode="json"), "batch_size": B, "k": k,
             "rounds": out, "summary": _summary(out)}
 
 
-def _round_row(view: RunView, round_: int, post: PosteriorState, picks: list[str],
-               k: int, include_picks: bool) -> dict[str, Any]:
-    sel = selected_in_round(view, round_)
-    first = [p for p, g in zip(sel["prompt_id"].to_pylist(), sel["gen_batch"].to_pylist())
-             if g == 0]
-    groups = round_groups(view, round_)
-    observed = sum(1 for s, n, g in zip(*(groups[c].to_pylist() for c in ("s", "n", "gen_batch")))
-                   if g == 0 and 0 < s < n)
+def _by_round(t) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for row in t.to_pylist():
+        out.setdefault(row["round"], []).append(row)
+    return out
+
+
+def _round_row(round_: int, sel: list[dict], groups: list[dict], post: PosteriorState,
+               picks: list[str], k: int, include_picks: bool) -> dict[str, Any]:
+    first = [r["prompt_id"] for r in sel if r["gen_batch"] == 0]
+    observed = sum(1 for g in groups if g["gen_batch"] == 0 and 0 < g["s"] < g["n"])
 
     def expected(ids: list[str]) -> float:
         if not ids:
