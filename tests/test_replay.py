@@ -213,3 +213,15 @@ def test_snapshot_rounds_and_deltas():
     assert len(compact.posterior_rows_to_store(after, before, 4, rec)) == 3  # a snapshot
     back = compact.overwrite(before, delta.to_arrow())
     assert back.equals(after)
+
+
+def test_the_compact_selection_rows_are_the_selected_and_the_margin_below_the_cut():
+    t = pa.table({"prompt_id": list("abcdef"), "selected": [True, False, True, False, False,
+                                                             False],
+                  "rank": pa.array([1, 3, 2, 4, 6, 5], pa.int32())})
+    rec = RunConfig(record=COMPACT).record
+    assert compact.selection_rows_to_store(t, rec)["prompt_id"].to_pylist() == ["a", "c"]
+    wider = RunConfig(record={**COMPACT, "candidates_margin": 2}).record
+    assert compact.selection_rows_to_store(t, wider)["prompt_id"].to_pylist() == \
+        ["a", "b", "c", "d"]
+    assert compact.selection_rows_to_store(t, RunConfig().record) is t
