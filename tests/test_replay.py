@@ -9,12 +9,11 @@ compact run stores far fewer rows and the audit answers exactly as on the full o
 
 from __future__ import annotations
 
-import io
 import json
-from argparse import Namespace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy.stats import betabinom
 
@@ -178,10 +177,10 @@ def test_a_recomputed_round_that_disagrees_with_its_record_is_refused(runs, tmp_
     copy = tmp_path / "run"
     shutil.copytree(small.run_dir, copy)
     path = copy / "parquet" / "round_00002" / "selections.parquet"
-    t = pa.parquet.read_table(path)
+    t = pq.read_table(path)
     scores = t["score"].to_numpy().copy()
     scores[0] += 1e-9
-    pa.parquet.write_table(t.set_column(t.schema.get_field_index("score"), "score",
+    pq.write_table(t.set_column(t.schema.get_field_index("score"), "score",
                                         pa.array(scores)), path)
     with pytest.raises(ValueError, match="recomputed ranking differs from the record"):
         audit.round_candidates(copy, 2)
@@ -202,7 +201,6 @@ def test_the_default_record_is_todays_and_keeps_older_runs_identity():
 def test_snapshot_rounds_and_deltas():
     assert [compact.snapshot_round(r, 50) for r in (0, 1, 49, 50, 99, 100)] == \
         [0, 0, 0, 50, 50, 100]
-    from insight.record.schema import TABLES  # noqa: F401  (the delta is of the store's rows)
     from insight.selection.posterior import PosteriorState
     ids = np.array(["a", "b", "c"], dtype=object)
     before = PosteriorState(ids, np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0]))
