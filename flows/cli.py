@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_arguments(au)
     au.set_defaults(func=cmd_audit)
 
+    rp = sub.add_parser("replay", help="counterfactual: what another selector would have "
+                                       "picked in a recorded run (no new rollouts)")
+    from flows.cli_replay import add_replay_arguments, run_replay
+    add_replay_arguments(rp)
+    rp.set_defaults(func=run_replay)
+
     dp = sub.add_parser("deploy", help="serve the training flow on a schedule (Prefect)")
     dp.add_argument("--run-dir", required=True, help="run to advance (created if missing)")
     dp.add_argument("--config", help="YAML config for a new run")

@@ -218,6 +218,29 @@ class TrackingConfig(_Strict):
     experiment: str = Field("insight", description="MLflow experiment name.")
 
 
+class RecordConfig(_Strict):
+    """How much of each round the record keeps (docs/storage.md, "The compact record").
+    The defaults keep everything, as every run before this option did; the compact
+    settings keep "why was X (not) picked in round R" answerable at a fraction of the
+    size on large pools, the audit and `insight replay` recomputing the rest."""
+
+    candidates: Literal["all", "selected"] = Field("all", description=(
+        "all: a `selections` row for every scored candidate. selected: only the selected "
+        "prompts (plus `candidates_margin` runners-up per generation batch); the audit "
+        "recomputes every other candidate's row from the reconstructed posterior and the "
+        "round's seed."))
+    candidates_margin: int = Field(0, ge=0, description=(
+        "With candidates=selected: also keep the next N candidates below the cut, so SQL "
+        "on the record sees how close the runners-up came."))
+    posterior_snapshot_every: int = Field(1, ge=1, description=(
+        "Every prompt's posterior is stored at round 0 and every N rounds; the rounds in "
+        "between store only the prompts whose (alpha, beta) the round changed. 1 stores "
+        "a full snapshot every round."))
+
+    def is_default(self) -> bool:
+        return self == RecordConfig()
+
+
 class RunConfig(_Strict):
     """Everything that defines a training run. Hash-stable: resume compares hashes."""
 
@@ -233,6 +256,8 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    record: RecordConfig = Field(default_factory=RecordConfig, description=(
+        "What the record keeps of each round (all of it by default)."))
 
     def resolved_policy_path(self) -> Path:
         p = Path(self.policy.path).expanduser()
@@ -242,6 +267,9 @@ class RunConfig(_Strict):
         """Hash of what must not change under a resume (everything but `rounds`
         and `tracking`, which may legitimately differ between invocations)."""
         d = self.model_dump(mode="json", exclude={"rounds", "tracking"})
+        if self.record.is_default():
+            # runs created before the record section existed keep their identity
+            d.pop("record")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -74,8 +74,17 @@ class SelectionState:
         db.save_selector_state(self.run.run_id, round_, self.selector.state_dict())
 
 
+def stored_posterior(db: RunStore, run: Run, round_: int) -> PosteriorState:
+    """The posterior stored after round `round_` (snapshot and deltas), as it is: without
+    the empirical-Bayes view of unseen prompts. What a compact round's delta is taken
+    against."""
+    return PosteriorState.from_arrow(db.posterior_snapshot(
+        run.run_id, round_, every=run.config.record.posterior_snapshot_every))
+
+
 def _posterior_view(db: RunStore, run: Run, round_: int) -> PosteriorState:
-    t = db.posterior_snapshot(run.run_id, round_)
+    t = db.posterior_snapshot(run.run_id, round_,
+                              every=run.config.record.posterior_snapshot_every)
     if t.num_rows == 0:
         raise RuntimeError(f"no posterior snapshot for round {round_} in {run.run_dir}")
     post = PosteriorState.from_arrow(t)

@@ -28,14 +28,14 @@ import pyarrow as pa
 
 from insight.policy import generation, grpo, model as policy_model
 from insight.problems import verifiers
-from insight.record import layout
+from insight.record import compact, layout
 from insight.record.metrics import round_metrics
 from insight.record.run import (EVALUATE, GENERATE, SELECT, TRAIN, Run, load_problems_of,
                                 path_for_record, path_in_run, stage_seed)
 from insight.record.schema import RUN_TABLES_ROUND
 from insight.record.store import RunStore
 from insight import trainer as trainers
-from insight.round_state import SelectionState
+from insight.round_state import SelectionState, stored_posterior
 # The flow and the tests reach the trainer's lifecycle through the stage layer.
 from insight.trainer import drop_trainer, flush_optimizer_state  # noqa: F401
 from insight.selection import registry
@@ -165,10 +165,17 @@ def _with_round(t: pa.Table, run: Run, round_: int, **int_columns: int) -> pa.Ta
 
 
 def _selection_rows(run: Run, round_: int, sel: Selection, gen_batch: int) -> pa.Table:
-    return _with_round(sel.table, run, round_, gen_batch=gen_batch)
+    """The batch's candidate rows the record keeps (`record.candidates`: all, or the
+    selected ones; insight.record.compact)."""
+    kept = compact.selection_rows_to_store(sel.table, run.config.record)
+    return _with_round(kept, run, round_, gen_batch=gen_batch)
 
 
-def _posterior_rows(run: Run, round_: int, post: PosteriorState) -> pa.Table:
+def _posterior_rows(run: Run, round_: int, post: PosteriorState,
+                    before: PosteriorState | None = None) -> pa.Table:
+    """The posterior rows the round stores: all of them, or on a compact record's
+    rounds between two snapshots the rows that differ from `before`."""
+    post = compact.posterior_rows_to_store(post, before, round_, run.config.record)
     return _with_round(post.to_arrow().select(["prompt_id", "alpha", "beta"]), run, round_)
 
 
@@ -295,8 +302,11 @@ def update_posterior(run: Run, round_: int) -> dict:
         state = SelectionState.load(db, run, posterior_round=round_ - 1, selector_round=round_)
         outcomes = db.round_outcomes(run.run_id, round_)
         new = state.observe(outcomes)
+        every = run.config.record.posterior_snapshot_every
+        before = (None if compact.is_full_snapshot(round_, every)
+                  else stored_posterior(db, run, round_ - 1))
         db.replace_round_rows("posteriors", run.run_id, round_,
-                              _posterior_rows(run, round_, new))
+                              _posterior_rows(run, round_, new, before))
         state.save(db, round_)
     return {"updated_prompts": outcomes.num_rows}
 

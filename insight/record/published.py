@@ -237,3 +237,62 @@ def selected_group_outcomes(view: RunView) -> pa.Table:
         SELECT s.mean AS m, o.s, o.k
         FROM selections s JOIN obs o USING (round, prompt_id, gen_batch)
         WHERE s.selected AND s.mean IS NOT NULL""")
+
+
+# -- re-scoring recorded rounds (insight.report.rescore, insight.report.replay) ------
+def run_row(view: RunView) -> dict:
+    """The run's `runs` row (config_json, seed, selector, ...)."""
+    rows = view.sql("SELECT * FROM runs LIMIT 1").to_pylist()
+    if not rows:
+        raise ValueError(f"{view.run_dir} has no published runs.parquet")
+    return rows[0]
+
+
+def posterior_rows(view: RunView, round_: int) -> pa.Table:
+    """(prompt_id, alpha, beta) stored with round `round_`, by prompt id: every prompt
+    on a snapshot round, the changed ones on a compact record's delta round."""
+    return view.sql(f"SELECT prompt_id, alpha, beta FROM {view.scan('posteriors', [round_])} "
+                    "ORDER BY prompt_id")
+
+
+def selector_state_json(view: RunView, round_: int) -> str | None:
+    """The selector's state saved with round `round_` (JSON text), None if none."""
+    return view.scalar(f"SELECT selector_state FROM {view.scan('rounds', [round_])} "
+                       "LIMIT 1")
+
+
+def round_success_counts(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """(prompt_id, s, n) over the rollouts of `rounds`, kept or not: the evidence the
+    posterior and the empirical-Bayes prior are fitted from."""
+    return view.sql("SELECT prompt_id, sum(success::INT)::DOUBLE AS s, "
+                    f"count(*)::DOUBLE AS n FROM {view.scan('rollouts', list(rounds))} "
+                    "GROUP BY prompt_id ORDER BY prompt_id")
+
+
+def round_groups(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """One row per generated group of `rounds`: round, prompt_id, gen_batch, successes
+    `s` and rollouts `n` (one scan of the rounds' rollouts files)."""
+    return view.sql("SELECT round, prompt_id, gen_batch, sum(success::INT)::INTEGER AS s, "
+                    f"count(*)::INTEGER AS n FROM {view.scan('rollouts', list(rounds))} "
+                    "GROUP BY round, prompt_id, gen_batch ORDER BY round, gen_batch, prompt_id")
+
+
+def selector_states(view: RunView, rounds: Iterable[int]) -> dict[int, str | None]:
+    """round -> the selector's state saved with it (JSON text or None)."""
+    t = view.sql(f"SELECT round, selector_state FROM {view.scan('rounds', list(rounds))}")
+    return dict(zip(t["round"].to_pylist(), t["selector_state"].to_pylist()))
+
+
+def stored_selections(view: RunView, round_: int) -> pa.Table:
+    """Every `selections` row stored for the round (all candidates, or on a compact
+    record the selected ones and the margin), in generation batch and rank order."""
+    return view.sql(f"SELECT * FROM {view.scan('selections', [round_])} "
+                    "ORDER BY gen_batch, rank")
+
+
+def selected_in_rounds(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """The selected prompts of `rounds` (round, prompt_id, gen_batch, rank), in round
+    and generation order."""
+    return view.sql("SELECT round, prompt_id, gen_batch, rank FROM "
+                    f"{view.scan('selections', list(rounds))} WHERE selected "
+                    "ORDER BY round, gen_batch, rank")

@@ -227,10 +227,18 @@ class RunStore:
         self.execute("UPDATE rounds SET selector_state = ? WHERE run_id = ? AND round = ?",
                      [json.dumps(state), run_id, round_])
 
-    def posterior_snapshot(self, run_id: str, round_: int) -> pa.Table:
-        """(prompt_id, alpha, beta) after round `round_`'s update, by prompt id."""
-        return self.sql("SELECT prompt_id, alpha, beta FROM posteriors WHERE run_id = ? AND "
-                        "round = ? ORDER BY prompt_id", [run_id, round_])
+    def posterior_snapshot(self, run_id: str, round_: int, every: int = 1) -> pa.Table:
+        """(prompt_id, alpha, beta) after round `round_`'s update, by prompt id. With
+        `record.posterior_snapshot_every` = `every` > 1 (insight.record.compact): the full
+        snapshot at or before the round, each prompt's latest delta row over it."""
+        base = round_ - round_ % every
+        if base == round_:
+            return self.sql("SELECT prompt_id, alpha, beta FROM posteriors WHERE run_id = ? "
+                            "AND round = ? ORDER BY prompt_id", [run_id, round_])
+        return self.sql("SELECT prompt_id, arg_max(alpha, round) AS alpha, "
+                        "arg_max(beta, round) AS beta FROM posteriors WHERE run_id = ? "
+                        "AND round BETWEEN ? AND ? GROUP BY prompt_id ORDER BY prompt_id",
+                        [run_id, base, round_])
 
     def outcome_totals_before(self, run_id: str, round_: int) -> pa.Table:
         """(prompt_id, s, n): successes and rollouts of every prompt before `round_`."""

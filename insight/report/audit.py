@@ -24,14 +24,18 @@ The words (explanations, tables, JSON, what `insight audit` prints) are in
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from insight.config import RecordConfig
+from insight.record.compact import snapshot_round
 from insight.report.audit_text import (explain_history, format_ranges, reason_not_selected,
                                 why_not_selected)
 from insight.record.published import Need, RunView, published_rounds, sql_str, with_view
+from insight.report.rescore import PosteriorHistory, RecordedRun, recompute_selections
 
 TRAIN_SPLIT = "train"
 
@@ -46,6 +50,36 @@ def _check_round(run_dir, round_: int, rounds: list[int]) -> None:
         raise ValueError(
             f"round 0 of {run_dir} holds the prior and the initial evaluation; it scored no "
             f"candidates. Rounds with selections: {format_ranges(selection_rounds)}")
+
+
+def _record_config(run_dir) -> RecordConfig:
+    """What the run's record keeps of each round: its config's `record` section; the
+    full record when the run has none (written before the option, or by a writer
+    without a run config)."""
+    def read(v: RunView) -> RecordConfig:
+        rows = v.sql("SELECT config_json FROM runs LIMIT 1").to_pylist()
+        raw = json.loads(rows[0]["config_json"] or "{}") if rows else {}
+        return RecordConfig.model_validate(raw.get("record") or {})
+    return with_view(run_dir, None, read)
+
+
+def _complete_selections(v: RunView, rounds) -> None:
+    """On a compact record (`record.candidates: selected`) the view's `selections` hold
+    only the stored rows; replace those of `rounds` by every candidate's row, recomputed
+    from the reconstructed posterior and the round's seed (insight.report.rescore) and
+    checked against the stored ones. The queries below then read both modes alike."""
+    run = RecordedRun.read(v)
+    history = PosteriorHistory(v, run)
+    tables = [recompute_selections(v, run, r, history) for r in sorted(rounds) if r > 0]
+    if not tables:
+        return
+    v.con.register("_recomputed", pa.concat_tables(tables))
+    try:
+        v.con.execute("DELETE FROM selections WHERE round IN "
+                      "(SELECT DISTINCT round FROM _recomputed)")
+        v.con.execute("INSERT INTO selections BY NAME SELECT * FROM _recomputed")
+    finally:
+        v.con.unregister("_recomputed")
 
 
 # For each row of `mine` (a prompt's scoring in one round and generation batch): how many candidates, how many selected,
@@ -70,9 +104,12 @@ def round_candidates(run_dir: str | Path, round_: int) -> pa.Table:
     """Every candidate scored in `round_`, in ranking order (per generation batch), with
     its score and the factors behind it, and its outcome (successes of k) if rolled out."""
     round_ = int(round_)
+    compact = _record_config(run_dir).candidates != "all"
 
     def query(v: RunView) -> pa.Table:
         _check_round(run_dir, round_, v.rounds)
+        if compact:
+            _complete_selections(v, [round_])
         return v.sql(f"""
             WITH sel AS (
                 SELECT *, row_number() OVER (PARTITION BY gen_batch
@@ -104,6 +141,8 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
     explanation of its latest selection state."""
     prompt_id = str(prompt_id)
     only = Need(where=f"prompt_id = {sql_str(prompt_id)}")
+    # a compact record's candidates are recomputed, every round (the ranking needs them)
+    compact = _record_config(run_dir).candidates != "all"
 
     def query(v: RunView) -> dict[str, Any]:
         info = v.sql("SELECT * FROM prompts WHERE prompt_id = $p LIMIT 1",
@@ -114,8 +153,10 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             raise ValueError(_unknown_prompt_message(v, run_dir, prompt_id))
         rounds = pa.table({"round": pa.array(v.rounds, pa.int32())})
         v.con.register("_published", rounds)
+        if compact:
+            _complete_selections(v, v.rounds)
         scored = [r[0] for r in v.con.sql("SELECT DISTINCT round FROM selections").fetchall()]
-        src = v.scan("selections", scored)
+        src = "selections" if compact else v.scan("selections", scored)
         hist = v.sql(f"""
             WITH mine AS (
                 SELECT * FROM selections WHERE prompt_id = $p
@@ -126,7 +167,10 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
                 SELECT round, sum(success::INT)::INTEGER AS successes,
                        count(*)::INTEGER AS trials
                 FROM rollouts WHERE prompt_id = $p GROUP BY round),
-            post AS (SELECT round, alpha, beta FROM posteriors WHERE prompt_id = $p)
+            -- the latest posterior row at or before each round: a compact record stores
+            -- a prompt's row only in the rounds that changed it
+            post AS (SELECT round AS post_round, alpha, beta FROM posteriors
+                     WHERE prompt_id = $p)
             SELECT r.round, m.prompt_id IS NOT NULL AS scored, m.selected,
                    m.score, m.rank, st.position::INTEGER AS position,
                    st.candidates::INTEGER AS candidates,
@@ -140,7 +184,7 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             LEFT JOIN mine m USING (round)
             LEFT JOIN stats st USING (prompt_id, round, gen_batch)
             LEFT JOIN outcome o USING (round)
-            LEFT JOIN post p USING (round)
+            ASOF LEFT JOIN post p ON r.round >= p.post_round
             ORDER BY r.round""", {"p": prompt_id})
         meta = info[0] if info else {}
         rows = hist.to_pylist()
@@ -164,8 +208,8 @@ def prompt_history(run_dir: str | Path, prompt_id: str) -> dict[str, Any]:
             "rounds": table,
         }
 
-    return with_view(run_dir, {"selections": only, "rollouts": only, "posteriors": only},
-                      query)
+    return with_view(run_dir, {"selections": Need() if compact else only, "rollouts": only,
+                               "posteriors": only}, query)
 
 
 def _unknown_prompt_message(v: RunView, run_dir, prompt_id: str) -> str:
@@ -187,8 +231,12 @@ def never_selected(run_dir: str | Path) -> pa.Table:
     (round, score, rank, posterior mean) and why they missed the cut. Closest to the cut
     first; prompts never scored at all last."""
 
+    record = _record_config(run_dir)
+
     def query(v: RunView) -> pa.Table:
         last_round = max(v.rounds) if v.rounds else 0
+        if record.candidates != "all":
+            _complete_selections(v, v.rounds)
         t = v.sql(f"""
             WITH train AS (
                 SELECT prompt_id FROM posteriors
@@ -223,8 +271,9 @@ def never_selected(run_dir: str | Path) -> pa.Table:
                        c.cut_mi
                 FROM ranked r JOIN mine m USING (prompt_id, round, gen_batch)
                 LEFT JOIN cut c USING (round, gen_batch)),
-            post AS (SELECT prompt_id, alpha / (alpha + beta) AS post_mean
-                     FROM posteriors)
+            -- each prompt's latest row: the last snapshot, overwritten by later deltas
+            post AS (SELECT prompt_id, arg_max(alpha / (alpha + beta), round) AS post_mean
+                     FROM posteriors GROUP BY prompt_id)
             SELECT n.prompt_id, p.difficulty, coalesce(t.times_scored, 0) AS times_scored,
                    m.round, m.score, st.position::INTEGER AS position,
                    st.candidates::INTEGER AS candidates,
@@ -261,6 +310,8 @@ def never_selected(run_dir: str | Path) -> pa.Table:
         t = t.append_column("explanation", pa.array(explanations, pa.string()))
         return t.append_column("prompt", prompt)
 
-    # posteriors: the latest snapshot only (every training prompt, after the last round)
+    # posteriors: after the last round (its snapshot, and a compact record's deltas since)
     last = published_rounds(run_dir)[-1:]
-    return with_view(run_dir, {"selections": Need(), "posteriors": Need(tuple(last))}, query)
+    since = tuple(range(snapshot_round(last[0], record.posterior_snapshot_every),
+                        last[0] + 1)) if last else ()
+    return with_view(run_dir, {"selections": Need(), "posteriors": Need(since)}, query)
