@@ -112,6 +112,9 @@ def cmd_deploy(args) -> int:
 
     if not args.work_pool and (args.image or args.job_variable):
         raise ValueError("--image and --job-variable go with --work-pool")
+    if args.work_pool:
+        from flows.cli_deploy import job_variables
+        job_variables(args.job_variable)  # a malformed one is refused before a run exists
     if db_path(args.run_dir).exists() and args.config is None:
         run = load_run(args.run_dir)
         run = open_or_create_run(run.run_dir, run.config)
