@@ -101,11 +101,19 @@ def servers(tmp_path_factory):
                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                  "--artifacts-destination", str(root / "artifacts")], mlflow_env,
                 f"{mlflow_url}/health", root / "mlflow.log"):
+        # The basic-auth app answers its first requests slowly (it sets up its user
+        # store); a request made here keeps that out of the training's 10 s timeout.
+        warm = httpx.post(f"{mlflow_url}/api/2.0/mlflow/experiments/search",
+                          json={"max_results": 1}, auth=(mlflow_user, mlflow_password),
+                          timeout=120)
+        assert warm.status_code == 200, warm.text
         client_env = {**base, "PREFECT_API_URL": prefect_url,
                       "PREFECT_API_AUTH_STRING": prefect_auth,
                       "PREFECT_HOME": str(root / "client-prefect"),
                       "MLFLOW_TRACKING_USERNAME": mlflow_user,
-                      "MLFLOW_TRACKING_PASSWORD": mlflow_password}
+                      "MLFLOW_TRACKING_PASSWORD": mlflow_password,
+                      # a loaded test machine is slower than a server's users expect
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
         yield {"prefect_url": prefect_url, "mlflow_url": mlflow_url, "env": client_env,
                "root": root}
 
