@@ -16,7 +16,8 @@ from pathlib import Path
 from insight.record.run import Run
 from insight.record.layout import plots_root, round_dir
 from insight.record.store import RunStore
-from tasks.tracking_entities import log_final_policy, log_prompt_datasets, log_selection_table
+from tasks.tracking_entities import (local_artifact_path, log_final_policy, log_prompt_datasets,
+                                     log_selection_table)
 
 log = logging.getLogger("insight.tracking")
 
@@ -173,11 +174,7 @@ def log_files(client, mlflow_run_id: str, files: list[Path], root: Path,
 
 
 def _local_artifact_dir(client, mlflow_run_id: str) -> Path | None:
-    uri = client.get_run(mlflow_run_id).info.artifact_uri
-    if not uri.startswith("file:") and "://" in uri:
-        return None
-    from mlflow.utils.file_utils import local_file_uri_to_path
-    return Path(local_file_uri_to_path(uri))
+    return local_artifact_path(client.get_run(mlflow_run_id).info.artifact_uri)
 
 
 def untracked_rounds(run: Run, uri: str | None = None) -> list[int]:

@@ -111,12 +111,10 @@ def _log_checkpoint(client, model, checkpoint: Path, run_dir: Path) -> None:
     """The checkpoint's policy files into the model's artifacts: hard links into a local
     artifact store (no second copy of the weights), an upload to any other."""
     from insight.report.plots import link_file
-    from mlflow.utils.file_utils import local_file_uri_to_path
 
     files = [f for f in sorted(checkpoint.rglob("*")) if f.is_file() and f.name not in NOT_POLICY]
-    location = model.artifact_location
-    if location.startswith("file:") or "://" not in location:
-        target = Path(local_file_uri_to_path(location))
+    target = local_artifact_path(model.artifact_location)
+    if target is not None:
         for f in files:
             link_file(f, target / f.relative_to(checkpoint))
         return
@@ -125,3 +123,15 @@ def _log_checkpoint(client, model, checkpoint: Path, run_dir: Path) -> None:
         for f in files:
             link_file(f, Path(staging) / f.relative_to(checkpoint))
         client.log_model_artifacts(model.model_id, staging)
+
+
+def local_artifact_path(uri: str) -> Path | None:
+    """The folder an artifact URI names when it is on this machine (`file:` or a plain
+    path), else None. A tracking server's proxied store (`mlflow-artifacts:/1/...`) has
+    a scheme but no `//`: it is remote, and its files must be uploaded."""
+    from urllib.parse import urlparse
+
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    if urlparse(uri).scheme not in ("", "file"):
+        return None
+    return Path(local_file_uri_to_path(uri))

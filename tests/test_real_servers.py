@@ -136,9 +136,12 @@ def trained(servers):
     out = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--run-dir", str(run_dir),
                           "--set", "rounds=2", "--set",
                           f"tracking.tracking_uri={servers['mlflow_url']}"],
-                         env=servers["env"], capture_output=True, text=True, timeout=600)
+                         env=servers["env"], capture_output=True, text=True, timeout=600,
+                         cwd=servers["root"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "warning" not in out.stdout, out.stdout
+    # artifacts went to the server, not into a folder named after its URI
+    assert not any(p.name.startswith("mlflow-artifacts") for p in servers["root"].iterdir())
     return run_dir, json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -212,7 +215,8 @@ def test_a_process_work_pool_worker_runs_the_deployment_insight_deploy_registere
     out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--run-dir", str(run_dir),
                           "--work-pool", "insight-process", "--rounds", "3",
                           "--rounds-per-run", "1"],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300,
+                         cwd=servers["root"])
     assert out.returncode == 0, out.stderr[-3000:]
     deployment_id = json.loads(out.stdout.strip().splitlines()[-1])["deployment_id"]
     with prefect_client(servers) as client:
@@ -223,7 +227,7 @@ def test_a_process_work_pool_worker_runs_the_deployment_insight_deploy_registere
         flow_run = client.create_flow_run_from_deployment(deployment.id)
     worker = subprocess.run([prefect, "worker", "start", "--pool", "insight-process",
                              "--run-once"], env=env, capture_output=True, text=True,
-                            timeout=420)
+                            timeout=420, cwd=servers["root"])
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     with prefect_client(servers) as client:
         deadline = time.monotonic() + 120

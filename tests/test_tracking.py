@@ -228,3 +228,12 @@ def test_to_a_remote_artifact_store_the_same_files_are_uploaded(tmp_path, monkey
         [f"plots/{tag}/score_vs_mean_{tag}.png"]
     tables = {a.path for a in client.list_artifacts(mlflow_run_id, f"rounds/{tag}")}
     assert f"rounds/{tag}/selections.parquet" in tables
+
+
+def test_only_file_uris_and_plain_paths_are_local_artifact_stores(tmp_path):
+    from tasks.tracking_entities import local_artifact_path
+    assert local_artifact_path(tmp_path.as_uri()) == tmp_path
+    assert local_artifact_path(str(tmp_path)) == tmp_path
+    # a tracking server's proxied store: a scheme without "//", files must be uploaded
+    assert local_artifact_path("mlflow-artifacts:/1/abc/artifacts") is None
+    assert local_artifact_path("s3://bucket/1/abc/artifacts") is None
