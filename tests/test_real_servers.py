@@ -4,7 +4,8 @@ the way docker/compose.yaml starts them (Prefect with an API auth string, MLflow
 basic-auth app). The embedded default trains 2 rounds against them, and their APIs show
 the record: a COMPLETED flow run with its stage task runs, the MLflow run FINISHED with
 its metrics, artifacts, dataset inputs and logged policy. Then a process work pool's
-worker runs the deployment `insight deploy --work-pool` registered, one more round.
+worker runs the deployment `insight deploy --work-pool` registered, one more round, under a
+concurrency limit of 1 on the `gpu` tag.
 
 Nobody gets in without credentials: both servers refuse an anonymous request."""
 
@@ -212,6 +213,9 @@ def test_a_process_work_pool_worker_runs_the_deployment_insight_deploy_registere
     prefect = str(BIN / "prefect")
     subprocess.run([prefect, "work-pool", "create", "insight-process", "--type", "process"],
                    env=env, check=True, capture_output=True, timeout=120)
+    # a tag limit on the GPU stages, as docs/deploy.md suggests: they take and free its slot
+    subprocess.run([prefect, "concurrency-limit", "create", "gpu", "1"],
+                   env=env, check=True, capture_output=True, timeout=120)
     out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--run-dir", str(run_dir),
                           "--work-pool", "insight-process", "--rounds", "3",
                           "--rounds-per-run", "1"],
@@ -238,6 +242,9 @@ def test_a_process_work_pool_worker_runs_the_deployment_insight_deploy_registere
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[flow_run.id])))
     assert {t.name for t in tasks} >= {f"{stage}-r3" for stage in STAGES}
+    with prefect_client(servers) as client:
+        limit = client.read_concurrency_limit_by_tag("gpu")
+    assert limit.concurrency_limit == 1 and limit.active_slots == []   # all released
     with RunStore(run_dir) as db:
         assert db.committed_rounds(summary["run_id"]) == [0, 1, 2, 3]
         assert db.round_row(summary["run_id"], 3)["flow_run_id"] == str(flow_run.id)
