@@ -17,6 +17,9 @@ share one Prefect API server started here (or the one PREFECT_API_URL names). Ea
 worker pins its math libraries to cpu_count // N threads; torch follows the config's
 ``policy.threads``. MLflow tracking is off for bench runs unless ``--tracking``: the
 store is the record, and ``insight sync-mlflow --run-dir D/runs/<run>`` backfills later.
+With ``--tracking`` the runs log to one store (``D/mlflow.db`` unless
+``--set tracking.tracking_uri=...``), nested under one parent run that gets the results
+(flows/bench_tracking.py).
 
 CPU default (configs/tiny.yaml, k=8, B=32, 2 cores): 5 selectors x 3 seeds x 30 rounds,
 held-out evaluation every 3 rounds, 2 workers, dynamic sampling's refills adding the most.
@@ -108,6 +111,10 @@ def plan_runs(out: str | Path, config: str | None, selectors, seeds, *, rounds: 
         for sel in selectors:
             over = {"selector.type": sel, **(sets or {}), "seed": int(seed), "rounds": int(rounds),
                     "tracking.enabled": bool(tracking)}
+            if tracking and "tracking.tracking_uri" not in over:
+                # one store for the whole benchmark, so its runs nest under one parent
+                from flows.bench_tracking import shared_tracking_uri
+                over["tracking.tracking_uri"] = shared_tracking_uri(out)
             if eval_every:
                 over["eval.every"] = int(eval_every)
             specs.append(RunSpec(sel, int(seed), str(Path(out) / RUNS_DIR / f"{sel}-s{seed}"),
@@ -319,11 +326,19 @@ def compare(out: str | Path, config: str | None = None, selectors=DEFAULT_SELECT
 
     failed: dict[str, str] = {}
     t_start = time.perf_counter()
+    parent = None        # the MLflow run the runs nest under (--tracking)
     if train:
         # Validate and create every run first: a bad config or a changed setup fails
         # here, before hours of training.
         left = {s.name: prepare_run(s) for s in specs}
         todo = [s for s in specs if left[s.name] > 0]
+        if tracking:
+            from flows.bench_tracking import PARENT_KEY, start_parent
+            from insight.record.run import load_run
+            parent = start_parent(out, out / MANIFEST, [load_run(s.run_dir) for s in specs],
+                                  {"selectors": selectors, "seeds": seeds, "rounds": rounds,
+                                   "config": config}, say)
+            manifest[PARENT_KEY] = parent
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
         workers = max(1, min(int(workers), len(todo) or 1))
         say(f"bench compare: {len(specs)} runs ({len(selectors)} selectors x {len(seeds)} "
@@ -384,6 +399,7 @@ def compare(out: str | Path, config: str | None = None, selectors=DEFAULT_SELECT
         else:
             records.append(rec)
     if not records:
+        _end_parent(parent, specs, out, failed or {"*": "no finished run"}, say)
         raise RuntimeError(f"no finished run to analyze in {out / RUNS_DIR}"
                            + (f"; failed: {failed}" if failed else ""))
     res = ba.analyze(records, targets=targets, main_target=main,
@@ -400,7 +416,14 @@ def compare(out: str | Path, config: str | None = None, selectors=DEFAULT_SELECT
     (out / "results.json").write_text(json.dumps(res, indent=2))
     (out / "results.md").write_text(ba.to_markdown(res) + _md_footer(res))
     ba.plot_curves(res, out / "curves.png")
+    _end_parent(parent, specs, out, failed, say)
     return res
+
+
+def _end_parent(parent, specs, out, failed, say) -> None:
+    if parent is not None:
+        from flows.bench_tracking import end_parent
+        end_parent(parent, specs[0].overrides["tracking.tracking_uri"], out, failed, say)
 
 
 def _md_footer(res: dict) -> str:
@@ -475,7 +498,9 @@ def add_compare_arguments(p) -> None:
                    help="target of `rollouts_to_target` (default: %(default)s)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help="selector the speedup is relative to (default: %(default)s)")
-    p.add_argument("--tracking", action="store_true", help="also log every run to MLflow")
+    p.add_argument("--tracking", action="store_true",
+                   help="also log every run to MLflow, nested under one parent run "
+                        "(in D/mlflow.db unless tracking.tracking_uri is set)")
     p.add_argument("--analyze-only", action="store_true",
                    help="train nothing; re-analyze the runs already in --out")
     p.add_argument("--verbose", action="store_true",

@@ -110,11 +110,19 @@ def cmd_deploy(args) -> int:
     from insight.config import load_config
     from insight.record.run import load_run, open_or_create_run
 
+    if not args.work_pool and (args.image or args.job_variable):
+        raise ValueError("--image and --job-variable go with --work-pool")
+    if args.work_pool:
+        from flows.cli_deploy import job_variables
+        job_variables(args.job_variable)  # a malformed one is refused before a run exists
     if db_path(args.run_dir).exists() and args.config is None:
         run = load_run(args.run_dir)
         run = open_or_create_run(run.run_dir, run.config)
     else:
         run = open_or_create_run(args.run_dir, load_config(args.config, _overrides(args)))
+    if args.work_pool:
+        from flows.cli_deploy import run_deploy_to_work_pool
+        return run_deploy_to_work_pool(args, run)
     print(f"serving scheduled training of {run.run_id} ({run.run_dir}): "
           f"{args.rounds_per_run} rounds per flow run; Ctrl-C stops", flush=True)
     serve_training(run, cron=args.cron, interval=args.interval,
@@ -173,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_arguments(rp)
     rp.set_defaults(func=run_replay)
 
-    dp = sub.add_parser("deploy", help="serve the training flow on a schedule (Prefect)")
+    dp = sub.add_parser("deploy", help="serve the training flow on a schedule (Prefect), or "
+                                       "register it with a work pool (--work-pool)")
     dp.add_argument("--run-dir", required=True, help="run to advance (created if missing)")
     dp.add_argument("--config", help="YAML config for a new run")
     dp.add_argument("--set", action="append", metavar="KEY=VALUE")
@@ -183,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--interval", type=float, help="schedule every N seconds instead of cron")
     dp.add_argument("--rounds-per-run", type=int, default=5, help="rounds each scheduled run trains")
     dp.add_argument("--rounds", type=int, help="total rounds to reach")
+    from flows.cli_deploy import add_work_pool_arguments
+    add_work_pool_arguments(dp)
     dp.set_defaults(func=cmd_deploy)
 
     sm = sub.add_parser("sync-mlflow", help="backfill MLflow from the run store")

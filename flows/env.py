@@ -22,6 +22,9 @@ DEFAULTS = {
     # MLflow's INFO lines ("Creating initial MLflow database tables...") would land
     # between the progress lines and the one-line error on the terminal.
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # MLflow prints "View run ... at: URL" on stdout when a run on a tracking server ends;
+    # stdout is the progress lines and the JSON summary, last.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "GIT_PYTHON_REFRESH": "quiet",
 }
 

@@ -32,7 +32,7 @@ STAGES = (("select", t.select_task), ("rollout", t.rollout_task),
 
 
 @task(name="start-round", task_run_name="start-r{round_}", cache_policy=NO_CACHE,
-      persist_result=False)
+      persist_result=False, tags=list(t.CPU_TAGS))
 def start_round_task(run_dir: str, round_: int, flow_run_id: str | None) -> None:
     run = load_run(run_dir)
     with RunStore(run.run_dir) as db:
@@ -40,7 +40,7 @@ def start_round_task(run_dir: str, round_: int, flow_run_id: str | None) -> None
 
 
 @task(name="mlflow-tracking", task_run_name="track-r{round_}", cache_policy=NO_CACHE,
-      persist_result=False)
+      persist_result=False, tags=list(t.CPU_TAGS))
 def track_task(run_dir: str, round_: int, flow_run_id: str | None) -> str | None:
     return try_sync(load_run(run_dir), flow_run_id)
 

@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from insight.selection.registry import SelectorConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+# A wheel (`pip install .`, the Docker images) has no checkout around the package; it
+# carries configs/ and checkpoints/tiny-arith inside, as insight/shipped/ (see setup.py),
+# in the same layout. Relative paths (the default config, policy.path) resolve against
+# that copy when it exists, else against the checkout.
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
+ASSET_ROOT = SHIPPED_ROOT if SHIPPED_ROOT.is_dir() else REPO_ROOT
+DEFAULT_CONFIG = ASSET_ROOT / "configs" / "tiny.yaml"
 
 
 class _Strict(BaseModel):
@@ -46,7 +52,8 @@ class VLLMOptions(_Strict):
 class PolicyConfig(_Strict):
     path: str = Field("checkpoints/tiny-arith", description=(
         "Local directory of a Hugging Face causal LM and its tokenizer (save_pretrained "
-        "layout). Relative paths resolve against the repository root. Never downloaded."))
+        "layout). Relative paths resolve against the repository root (in an installed "
+        "package: its shipped copy of checkpoints/). Never downloaded."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "Where generation and the update run; auto picks CUDA when present."))
     engine: Literal["hf", "vllm"] = Field("hf", description=(
@@ -261,7 +268,7 @@ class RunConfig(_Strict):
 
     def resolved_policy_path(self) -> Path:
         p = Path(self.policy.path).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+        return p if p.is_absolute() else ASSET_ROOT / p
 
     def identity_hash(self) -> str:
         """Hash of what must not change under a resume (everything but `rounds`
@@ -285,7 +292,7 @@ class ConfigError(ValueError):
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load YAML, apply dotted overrides ({"rollout.k": 4, "selector.type": "uniform"}),
     and validate. Errors name the file and the offending field."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = resolve_config_path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -297,6 +304,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return config_from_dict(raw, source=str(path))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """The config file to read: the path as given when it exists; else, for a relative
+    path, the shipped copy (`--config configs/gsm8k.yaml` works from any directory of an
+    installed package, e.g. inside the Docker images); None is the embedded default."""
+    if path is None:
+        return DEFAULT_CONFIG
+    path = Path(path)
+    shipped = ASSET_ROOT / path
+    if not path.is_file() and not path.is_absolute() and shipped.is_file():
+        return shipped
+    return path
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:

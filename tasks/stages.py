@@ -44,37 +44,44 @@ def _timed(fn, *args) -> dict:
 _opts = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
              retry_condition_fn=is_transient, persist_result=False)
 
+# Tags say which stages hold an accelerator, so a Prefect server can bound them with a
+# tag-based concurrency limit (`prefect concurrency-limit create gpu 1`): rollout, the
+# update and evaluation run the policy; selection, the posterior update and the commit
+# are CPU and DuckDB work. Tags change nothing about what a stage computes or records.
+GPU_TAGS = ("insight", "gpu")
+CPU_TAGS = ("insight", "cpu")
 
-@task(name="initial-round", **_opts)
+
+@task(name="initial-round", tags=list(GPU_TAGS), **_opts)
 def initial_round_task(run_dir: str) -> dict:
     return stages.initial_round(load_run(run_dir))
 
 
-@task(name="acquisition-scoring", task_run_name="select-r{round_}", **_opts)
+@task(name="acquisition-scoring", task_run_name="select-r{round_}", tags=list(CPU_TAGS), **_opts)
 def select_task(run_dir: str, round_: int) -> dict:
     return _timed(stages.select, load_run(run_dir), round_)
 
 
-@task(name="rollout-generation", task_run_name="rollout-r{round_}", **_opts)
+@task(name="rollout-generation", task_run_name="rollout-r{round_}", tags=list(GPU_TAGS), **_opts)
 def rollout_task(run_dir: str, round_: int) -> dict:
     return _timed(stages.rollout, load_run(run_dir), round_)
 
 
-@task(name="posterior-update", task_run_name="posterior-r{round_}", **_opts)
+@task(name="posterior-update", task_run_name="posterior-r{round_}", tags=list(CPU_TAGS), **_opts)
 def posterior_task(run_dir: str, round_: int) -> dict:
     return _timed(stages.update_posterior, load_run(run_dir), round_)
 
 
-@task(name="policy-update", task_run_name="train-r{round_}", **_opts)
+@task(name="policy-update", task_run_name="train-r{round_}", tags=list(GPU_TAGS), **_opts)
 def train_task(run_dir: str, round_: int) -> dict:
     return _timed(stages.train, load_run(run_dir), round_)
 
 
-@task(name="evaluation", task_run_name="eval-r{round_}", **_opts)
+@task(name="evaluation", task_run_name="eval-r{round_}", tags=list(GPU_TAGS), **_opts)
 def eval_task(run_dir: str, round_: int) -> dict:
     return _timed(stages.evaluate, load_run(run_dir), round_)
 
 
-@task(name="commit", task_run_name="commit-r{round_}", **_opts)
+@task(name="commit", task_run_name="commit-r{round_}", tags=list(CPU_TAGS), **_opts)
 def commit_task(run_dir: str, round_: int, stage_seconds: dict[str, list[float]]) -> dict:
     return stages.commit(load_run(run_dir), round_, stage_seconds)

@@ -16,6 +16,8 @@ from pathlib import Path
 from insight.record.run import Run
 from insight.record.layout import plots_root, round_dir
 from insight.record.store import RunStore
+from tasks.tracking_entities import (local_artifact_path, log_final_policy, log_prompt_datasets,
+                                     log_selection_table)
 
 log = logging.getLogger("insight.tracking")
 
@@ -24,6 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 RUN_LEVEL = -1  # `tracking.round` of the row that records the MLflow run itself
+PARENT_TAG = "mlflow.parentRunId"   # the tag MLflow's UI nests runs by
 
 
 def tracking_uri(run: Run, override: str | None = None) -> str:
@@ -46,28 +49,33 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None = None) -> str:
+def experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment `name`, created if missing. A local SQLite store keeps its
+    artifacts beside it (mlartifacts/), not in the current directory."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None = None,
+                      parent_run_id: str | None = None) -> str:
     """The MLflow run of this training run: created once per tracking URI (config as
-    params), reused on resume; the latest Prefect flow run id is kept as a tag."""
+    params, the prompt set as dataset inputs), reused on resume; the latest Prefect flow
+    run id is kept as a tag, and `parent_run_id` (a benchmark's run) nests it."""
     client = _client(run, uri)
     with RunStore(run.run_dir) as db:
         mlflow_run_id = db.tracked_mlflow_run(run.run_id, RUN_LEVEL, tracking_uri(run, uri))
     if mlflow_run_id is None:
-        exp = client.get_experiment_by_name(run.config.tracking.experiment)
-        if exp is None:
-            location = None
-            target = tracking_uri(run, uri)
-            if target.startswith("sqlite:///"):
-                # A local SQLite store keeps its artifacts beside it, not in the cwd.
-                location = (Path(target[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-            exp_id = client.create_experiment(run.config.tracking.experiment,
-                                              artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        mr = client.create_run(exp_id, run_name=run.run_id,
-                               tags={"insight.run_id": run.run_id,
-                                     "insight.run_dir": str(run.run_dir),
-                                     "insight.selector": run.config.selector.type})
+        exp_id = experiment_id(client, run.config.tracking.experiment, tracking_uri(run, uri))
+        tags = {"insight.run_id": run.run_id, "insight.run_dir": str(run.run_dir),
+                "insight.selector": run.config.selector.type}
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        mr = client.create_run(exp_id, run_name=run.run_id, tags=tags)
         mlflow_run_id = mr.info.run_id
         params = _flatten(run.config.model_dump(mode="json"))
         from mlflow.entities import Param
@@ -76,6 +84,10 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None 
             client.log_batch(mlflow_run_id, params=items[i:i + 100])
         with RunStore(run.run_dir) as db:
             db.record_tracked(run.run_id, RUN_LEVEL, mlflow_run_id, tracking_uri(run, uri))
+    elif parent_run_id:
+        client.set_tag(mlflow_run_id, PARENT_TAG, parent_run_id)
+    # Checked on every call, so inputs a failed first call missed are logged later.
+    log_prompt_datasets(client, run, mlflow_run_id)
     if flow_run_id:
         client.set_tag(mlflow_run_id, "prefect.flow_run_id", flow_run_id)
         # A resumed training reopens the MLflow run an earlier flow run ended.
@@ -84,8 +96,31 @@ def ensure_mlflow_run(run: Run, flow_run_id: str | None = None, uri: str | None 
     return mlflow_run_id
 
 
+def start_parent_run(uri: str, experiment: str, name: str, params: dict,
+                     parent_run_id: str | None = None) -> str:
+    """The MLflow run a benchmark's training runs are nested under: `parent_run_id`
+    reopened when it still exists in this store, else a new run."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if parent_run_id:
+        try:
+            client.update_run(parent_run_id, status="RUNNING")
+            return parent_run_id
+        except MlflowException:
+            pass  # deleted, or from another store: start a new parent
+    parent = client.create_run(experiment_id(client, experiment, uri), run_name=name,
+                               tags={"insight.bench": name})
+    client.log_batch(parent.info.run_id,
+                     params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return parent.info.run_id
+
+
 def log_round(run: Run, round_: int, mlflow_run_id: str, uri: str | None = None) -> None:
-    """Metrics (step = round) and the round's Parquet and plots as artifacts."""
+    """Metrics (step = round), the round's Parquet and plots as artifacts, and the
+    prompts it drew as a table."""
     from mlflow.entities import Metric
     client = _client(run, uri)
     with RunStore(run.run_dir) as db:
@@ -102,6 +137,7 @@ def log_round(run: Run, round_: int, mlflow_run_id: str, uri: str | None = None)
         tables = sorted(f for f in folder.rglob("*") if f.is_file())
         log_files(client, mlflow_run_id, tables, folder, f"rounds/{folder.name}")
     log_files(client, mlflow_run_id, round_plots(run, round_), plots_root(run.run_dir), "plots")
+    log_selection_table(client, run, round_, mlflow_run_id)
     with RunStore(run.run_dir) as db:
         db.record_tracked(run.run_id, round_, mlflow_run_id, tracking_uri(run, uri))
 
@@ -138,11 +174,7 @@ def log_files(client, mlflow_run_id: str, files: list[Path], root: Path,
 
 
 def _local_artifact_dir(client, mlflow_run_id: str) -> Path | None:
-    uri = client.get_run(mlflow_run_id).info.artifact_uri
-    if not uri.startswith("file:") and "://" in uri:
-        return None
-    from mlflow.utils.file_utils import local_file_uri_to_path
-    return Path(local_file_uri_to_path(uri))
+    return local_artifact_path(client.get_run(mlflow_run_id).info.artifact_uri)
 
 
 def untracked_rounds(run: Run, uri: str | None = None) -> list[int]:
@@ -211,15 +243,23 @@ def try_sync(run: Run, flow_run_id: str | None = None) -> str | None:
 
 def try_end(run: Run, status: str, flow_run_id: str | None = None) -> str | None:
     """Best effort when a training flow run ends: set the MLflow run's status (FINISHED,
-    FAILED, KILLED) and end time, so a finished training does not look RUNNING forever.
-    Like `try_sync`, a tracking failure is a warning, never a reason to fail the flow."""
+    FAILED, KILLED) and end time, so a finished training does not look RUNNING forever;
+    a run that reached its planned rounds first logs its final policy as a model. Like
+    `try_sync`, a tracking failure is a warning, never a reason to fail the flow."""
     if not run.config.tracking.enabled:
         return None
+    warnings = []
     try:
         mlflow_run_id = ensure_mlflow_run(run, flow_run_id)
+        if status == "FINISHED":
+            try:
+                log_final_policy(_client(run), run, mlflow_run_id)
+            except Exception as err:  # noqa: BLE001 - the status must still be set
+                warnings.append(f"final policy not logged to MLflow "
+                                f"({type(err).__name__}: {err})")
         _client(run).set_terminated(mlflow_run_id, status=status)
-        return None
     except Exception as err:  # noqa: BLE001 - tracking must never stop training
-        msg = f"MLflow run status not set to {status} ({type(err).__name__}: {err})"
+        warnings.append(f"MLflow run status not set to {status} ({type(err).__name__}: {err})")
+    for msg in warnings:
         log.warning(msg)
-        return msg
+    return "; ".join(warnings) or None

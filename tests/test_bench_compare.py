@@ -188,3 +188,33 @@ def test_markdown_footer_names_the_config_and_every_override():
     assert "configs/tiny.yaml (default)" in footer
     assert "`--set data.max_digits=3`" in footer
     assert "80 rounds" in footer and "seeds [0, 1]" in footer
+
+
+@pytest.mark.slow
+def test_tracked_runs_nest_under_one_parent_run_that_gets_the_results(
+        prefect_api, tiny_policy_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump(small_config(tiny_policy_dir)))
+    out = tmp_path / "out"
+    lines = []
+    bc.compare(out, str(cfg), ["insight", "uniform"], [1], rounds=1, eval_every=1,
+               workers=1, tracking=True, say=lines.append)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("insight")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    (parent,) = [r for r in runs.values() if "insight.bench" in r.data.tags]
+    children = [r for r in runs.values() if r is not parent]
+    assert sorted(r.data.tags["insight.selector"] for r in children) == ["insight", "uniform"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= \
+        {"results.json", "results.md", "curves.png"}
+    manifest = json.loads((out / "compare.json").read_text())
+    assert manifest["mlflow_parent_run_id"] == parent.info.run_id
+    # run again: the same parent is reopened, no second one
+    bc.compare(out, str(cfg), ["insight", "uniform"], [1], rounds=1, eval_every=1,
+               workers=1, tracking=True, say=lines.append)
+    again = client.search_runs([exp.experiment_id])
+    assert len(again) == 3 and not any("warning" in line for line in lines)

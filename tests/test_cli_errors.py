@@ -169,3 +169,14 @@ def test_a_failure_inside_the_flow_is_one_line_with_the_traceback_in_the_run_log
     assert out.returncode == 1, line
     log = (run / "insight.log").read_text()
     assert "Traceback (most recent call last)" in log and "SafetensorError" in log
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image", "insight-rlvr:gpu"], "--image and --job-variable go with --work-pool"),
+    (["--work-pool", "p", "--job-variable", "volumes"], "--job-variable expects KEY=VALUE"),
+])
+def test_deploy_options_misused_are_one_line_before_a_run_exists(argv, message, tmp_path):
+    out = insight("deploy", "--run-dir", tmp_path / "run", *argv)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,8 @@ many rounds it ran, and the run directory holds each file once."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from insight.config import config_from_dict
@@ -86,6 +88,26 @@ def test_the_mlflow_run_ends_failed_with_the_flow_then_finished_after_a_resume(
     finished = _mlflow_run(run)
     assert finished.run_id == failed.run_id
     assert finished.status == "FINISHED" and finished.end_time >= failed.end_time
+    _assert_final_policy_logged(run, finished.run_id, round_=2)
+
+
+def _assert_final_policy_logged(run, mlflow_run_id: str, round_: int) -> None:
+    """Once the planned rounds are reached, the last checkpoint's policy (weights, config,
+    tokenizer; not the optimizer state) is the run's logged model, READY."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("insight")
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert (model.name, str(model.status), model.source_run_id) == \
+        ("policy", "READY", mlflow_run_id)
+    assert model.tags["insight.round"] == str(round_)
+    files = {p.name for p in Path(local_file_uri_to_path(model.artifact_location)).rglob("*")
+             if p.is_file()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
+    assert "optimizer.pt" not in files
+    outputs = client.get_run(mlflow_run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(model.model_id, round_)]
 
 
 def test_a_flow_refused_by_the_run_lock_leaves_the_mlflow_run_alone(
@@ -141,7 +163,8 @@ def test_a_run_stopped_before_its_plan_refreshes_them_at_evaluation_rounds(tmp_p
 
 def test_plots_and_tables_are_stored_once_in_the_run_directory(resumed_past_the_plan):
     run, store = resumed_past_the_plan
-    logged = [p for p in store.rglob("*") if p.is_file()]
+    # (the selection tables are MLflow's own JSON, B rows a round: tested below)
+    logged = [p for p in store.rglob("*") if p.is_file() and "tables" not in p.parts]
     pngs = [p for p in logged if p.suffix == ".png"]
     # a score plot per round 1..ROUNDS, the prior at round 0, the three current ones
     assert len(pngs) == ROUNDS + 1 + len(CURRENT)
@@ -153,6 +176,40 @@ def test_plots_and_tables_are_stored_once_in_the_run_directory(resumed_past_the_
         inodes.setdefault(p.stat().st_ino, p.stat().st_size)
     plots_bytes = sum(p.stat().st_size for p in (run.run_dir / "plots").rglob("*.png"))
     assert sum(inodes.values()) == plots_bytes  # MLflow's names add no bytes
+
+
+def test_mlflow_shows_the_prompt_sets_as_datasets_and_each_selection_as_a_table(
+        resumed_past_the_plan, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_audit import K, REFILL_ROUND
+    run, store = resumed_past_the_plan
+    truth = build_run(tmp_path)                 # the same synthetic run again: its truth
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    inputs = client.get_run(_mlflow_run(run).run_id).inputs.dataset_inputs
+    prompts = pq.read_table(run.run_dir / "parquet" / "prompts.parquet").to_pandas()
+    by_context = {i.tags[0].value: i.dataset for i in inputs}
+    assert set(by_context) == {"training", "evaluation"}
+    for context, split in (("training", "train"), ("evaluation", "eval")):
+        dataset = by_context[context]
+        assert json.loads(dataset.profile)["num_rows"] == (prompts["split"] == split).sum()
+        assert len(dataset.digest) >= 8
+    assert by_context["training"].digest != by_context["evaluation"].digest
+
+    table = json.loads((store / "tables" / f"selections_round_{REFILL_ROUND:05d}.json")
+                       .read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["prompt_id"] for r in rows] == truth["selected"][REFILL_ROUND]
+    assert {r["gen_batch"] for r in rows} == {0, 1}         # the refill's draws too
+    assert [r["successes"] for r in rows] == \
+        [truth["successes"][REFILL_ROUND][p] for p in truth["selected"][REFILL_ROUND]]
+    assert {r["k"] for r in rows} == {K}
+    text = dict(zip(prompts["prompt_id"], prompts["prompt"]))
+    assert all(r["prompt"] == text[r["prompt_id"]] for r in rows)
+    assert not (store / "tables" / "selections_round_00000.json").exists()  # no draw at 0
 
 
 def test_to_a_remote_artifact_store_the_same_files_are_uploaded(tmp_path, monkeypatch):
@@ -171,3 +228,12 @@ def test_to_a_remote_artifact_store_the_same_files_are_uploaded(tmp_path, monkey
         [f"plots/{tag}/score_vs_mean_{tag}.png"]
     tables = {a.path for a in client.list_artifacts(mlflow_run_id, f"rounds/{tag}")}
     assert f"rounds/{tag}/selections.parquet" in tables
+
+
+def test_only_file_uris_and_plain_paths_are_local_artifact_stores(tmp_path):
+    from tasks.tracking_entities import local_artifact_path
+    assert local_artifact_path(tmp_path.as_uri()) == tmp_path
+    assert local_artifact_path(str(tmp_path)) == tmp_path
+    # a tracking server's proxied store: a scheme without "//", files must be uploaded
+    assert local_artifact_path("mlflow-artifacts:/1/abc/artifacts") is None
+    assert local_artifact_path("s3://bucket/1/abc/artifacts") is None

@@ -296,3 +296,34 @@ def selected_in_rounds(view: RunView, rounds: Iterable[int]) -> pa.Table:
     return view.sql("SELECT round, prompt_id, gen_batch, rank FROM "
                     f"{view.scan('selections', list(rounds))} WHERE selected "
                     "ORDER BY round, gen_batch, rank")
+
+
+# -- MLflow's views of a run (tasks/tracking_entities.py) ------------------------------
+def published_prompts(run_dir: str | Path) -> pa.Table:
+    """The run's prompt set as published at its creation (parquet/prompts.parquet)."""
+    import pyarrow.parquet as pq
+    path = layout.parquet_dir(run_dir) / "prompts.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no published prompt set: {path}")
+    return pq.read_table(path)
+
+
+def round_selection_table(view: RunView, round_: int) -> pa.Table:
+    """The prompts drawn in `round_` (every generation batch), in draw order: the prompt,
+    its answer, what it was drawn by (score, mi, weight, the posterior it was scored at)
+    and its group's outcome (successes of k rollouts, kept for the update or not). The
+    B rows a reader of MLflow looks at; every candidate stays in the round's Parquet."""
+    return view.sql("""
+        WITH obs AS (
+            SELECT prompt_id, gen_batch, sum(success::INT)::INTEGER AS successes,
+                   count(*)::INTEGER AS k,
+                   bool_or(kept) AS kept
+            FROM rollouts WHERE round = $r GROUP BY ALL),
+        text AS (SELECT prompt_id, any_value(prompt) AS prompt, any_value(answer) AS answer
+                 FROM prompts GROUP BY prompt_id)
+        SELECT s.round, s.gen_batch, s.rank, s.prompt_id, t.prompt, t.answer, s.score, s.mi,
+               s.weight, s.alpha, s.beta, s.mean, o.successes, o.k, o.kept
+        FROM selections s LEFT JOIN obs o USING (prompt_id, gen_batch)
+        LEFT JOIN text t USING (prompt_id)
+        WHERE s.round = $r AND s.selected
+        ORDER BY s.gen_batch, s.rank, s.prompt_id""", {"r": round_})
