@@ -218,6 +218,29 @@ class TrackingConfig(_Strict):
     experiment: str = Field("insight", description="MLflow experiment name.")
 
 
+class OrchestrationConfig(_Strict):
+    """Where the stages run. It changes where work happens, never what is drawn (a
+    sharded run equals the single-process run row for row), so it is not part of the
+    run's identity: a run may be resumed on Ray that began locally, and back."""
+
+    task_runner: Literal["local", "ray"] = Field("local", description=(
+        "local: every stage in the flow process (Prefect's default runner). ray: the "
+        "rollout shards run as Prefect tasks on Ray workers through prefect-ray's "
+        "RayTaskRunner (the `ray` extra); the other stages stay in the flow process, "
+        "the only writer of the run's store."))
+    ray_address: str | None = Field(None, description=(
+        "Address of a running Ray cluster (e.g. ray://head:10001 or auto); None starts "
+        "a local Ray for the flow run. Read only with task_runner: ray."))
+    rollout_shards: int = Field(1, ge=1, description=(
+        "Split each generation batch's prompts into this many rollout tasks, each "
+        "returning its rows to the flow process. Draws are seeded per prompt, so the "
+        "record does not depend on it. 1 with task_runner: local is today's single "
+        "in-process rollout."))
+
+
+NOT_IDENTITY = {"rounds", "tracking", "orchestration"}  # may change between invocations
+
+
 class RunConfig(_Strict):
     """Everything that defines a training run. Hash-stable: resume compares hashes."""
 
@@ -233,15 +256,19 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
+                                               description=(
+        "Where the stages run (local process or Ray workers); not part of the identity."))
 
     def resolved_policy_path(self) -> Path:
         p = Path(self.policy.path).expanduser()
         return p if p.is_absolute() else REPO_ROOT / p
 
     def identity_hash(self) -> str:
-        """Hash of what must not change under a resume (everything but `rounds`
-        and `tracking`, which may legitimately differ between invocations)."""
-        d = self.model_dump(mode="json", exclude={"rounds", "tracking"})
+        """Hash of what must not change under a resume (everything but `rounds`,
+        `tracking` and `orchestration`, which may legitimately differ between
+        invocations)."""
+        d = self.model_dump(mode="json", exclude=NOT_IDENTITY)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
