@@ -23,11 +23,11 @@ from insight import sharding
 from insight.config import OrchestrationConfig
 from insight.record.metrics import format_progress, summarize
 from insight.record.run import check_resume_checkpoint, load_run
-from insight.record.runlock import training_lock
 from insight.stages import ensure_published
 from insight.trainer import flush_optimizer_state
 from insight.record.store import RunStore
 from tasks import stages as t
+from tasks.run_lock import run_lock
 from tasks.tracking import try_end, try_sync
 
 STAGES = (("select", t.select_task), ("rollout", t.rollout_task),
@@ -111,7 +111,7 @@ def train_flow(run_dir: str, rounds: int | None = None, max_new_rounds: int | No
     # The lock comes first: nothing of a run another process is training is read, and
     # only the lock holder ends the MLflow run (a flow refused by the lock must not mark
     # FAILED the run another process is training).
-    with training_lock(run_dir, create=False):
+    with run_lock(run_dir, create=False):
         run = load_run(run_dir)
         target = rounds or run.config.rounds
         with RunStore(run.run_dir) as db:
