@@ -146,7 +146,8 @@ class RolloutConfig(_Strict):
         "hf engine: decode as many consecutive sequences at once as keep sequences x "
         "(longest prompt + max_new_tokens) within this many tokens (rollouts and "
         "evaluation). None: fixed batches of 256 (rollout) / 512 (evaluation) sequences. "
-        "The sampled draws depend on the batching, so setting it changes the rollouts."))
+        "Rollout draws are seeded per prompt and do not depend on it; evaluation's "
+        "sampled draws do, so setting it changes the sampled held-out accuracy."))
 
 
 class PosteriorConfig(_Strict):

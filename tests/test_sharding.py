@@ -72,7 +72,9 @@ def default_run(tmp_path_factory):
     """A Run over the default config (no store is opened by the functions tested)."""
     cfg = tiny_default()
     train_problems, _ = check_config(cfg)
-    return Run(tmp_path_factory.mktemp("run"), "r", cfg), train_problems[:12]
+    run = Run(tmp_path_factory.mktemp("run"), "r", cfg)
+    stages.apply_threads(run)  # one torch thread, as the stages run it
+    return run, train_problems[:12]
 
 
 def test_a_prompts_rows_do_not_depend_on_what_shares_its_batch(default_run):
