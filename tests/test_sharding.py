@@ -208,7 +208,9 @@ def test_three_shards_in_the_flow_process_equal_the_single_process_run(single_pr
 @pytest.mark.e2e
 def test_a_dynamic_sampling_run_in_shards_equals_it_in_one_process(prefect_api, tmp_path):
     """DAPO's refills: every generation batch is split, the refill draws stay here."""
-    dapo = {"selector.type": "dynamic-sampling", "selector.max_num_gen_batches": 3}
+    # k=2: many groups all-fail or all-pass, so the first batch keeps too few: refills
+    dapo = {"selector.type": "dynamic-sampling", "selector.max_num_gen_batches": 3,
+            "rollout.k": 2}
     one = train(tmp_path / "one", tiny_default(**dapo))
     assert {row[1] for row in one["rollouts"]} != {0}, "expected refill batches"
     two = train(tmp_path / "two", tiny_default(**dapo, **{"orchestration.rollout_shards": 2}))
