@@ -145,12 +145,13 @@ def prepare_run(spec: RunSpec) -> int:
 def train_one(spec: RunSpec, progress: bool = False) -> dict:
     """Train one run to its target round through the Prefect flow; the flow's summary
     plus the wall time of this call."""
-    from flows.train import train_flow
+    from flows.train import flow_for
     from insight.record.run import open_or_create_run
 
     run = open_or_create_run(spec.run_dir, _load_cfg(spec))
     t0 = time.perf_counter()
-    summary = train_flow(str(run.run_dir), rounds=spec.rounds, progress=progress)
+    summary = flow_for(str(run.run_dir))(str(run.run_dir), rounds=spec.rounds,
+                                         progress=progress)
     summary["call_seconds"] = time.perf_counter() - t0
     return summary
 

@@ -48,7 +48,7 @@ def default_run_dir(cfg) -> Path:
 def cmd_train(args) -> int:
     from insight.config import load_config
     from insight.record.run import check_config, load_run, open_or_create_run
-    from insight.record.runlock import training_lock
+    from tasks.run_lock import run_lock
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     # An existing run with no new config continues under its own stored config.
@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     run_dir = run_dir or default_run_dir(cfg)
     # Lock before reading or writing anything of the run: a second `train` on a run
     # that is training must not store its config before it is refused.
-    with training_lock(run_dir):
+    with run_lock(run_dir):
         if continues:
             stored = load_run(run_dir).config
             cfg = stored.model_copy(update={"rounds": args.rounds or stored.rounds})
@@ -72,10 +72,10 @@ def cmd_train(args) -> int:
 
 def cmd_resume(args) -> int:
     from insight.record.run import check_run_dir, load_run, open_or_create_run
-    from insight.record.runlock import training_lock
+    from tasks.run_lock import run_lock
 
     check_run_dir(args.run_dir)  # a file or a missing run: one line, nothing created
-    with training_lock(args.run_dir, create=False):
+    with run_lock(args.run_dir, create=False):
         run = load_run(args.run_dir)
         run = open_or_create_run(run.run_dir, run.config, allow_changed=False)
         return _train(run, args.rounds or run.config.rounds, args.max_new_rounds)

@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Iterator
 
 from flows import env  # noqa: F401  (Prefect/MLflow defaults before their import)
+import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from insight import sharding
+from insight.config import OrchestrationConfig
 from insight.record.metrics import format_progress, summarize
 from insight.record.run import check_resume_checkpoint, load_run
-from insight.record.runlock import training_lock
 from insight.stages import ensure_published
 from insight.trainer import flush_optimizer_state
 from insight.record.store import RunStore
 from tasks import stages as t
+from tasks.run_lock import run_lock
 from tasks.tracking import try_end, try_sync
 
 STAGES = (("select", t.select_task), ("rollout", t.rollout_task),
@@ -53,14 +56,46 @@ def _flow_run_id() -> str | None:
         return None
 
 
+def shard_rollouts(run_dir: str, round_: int, shards: int):
+    """The rollout stage's `generate_rows` for a sharded run: each generation batch's
+    problems split into `shards` contiguous pieces (`insight.sharding.split`), each a
+    `rollout-shard` task submitted to the flow's task runner (Ray workers with
+    `orchestration.task_runner: ray`), their rows put back together in prompt order.
+    The shards only return rows; the rollout stage, in this process, writes them."""
+    run = load_run(run_dir)
+
+    def generate_rows(problems: list, gen_batch: int, checkpoint: str) -> pa.Table:
+        pieces = sharding.split(problems, shards) or [[]]
+        futures = [t.rollout_shard_task.submit(run_dir, run.run_id, run.config, round_,
+                                               gen_batch, i, checkpoint, piece)
+                   for i, piece in enumerate(pieces)]
+        return pa.concat_tables([f.result() for f in futures])
+
+    return generate_rows
+
+
+def _stage_call(name: str, stage, run_dir: str, round_: int, orchestration) -> dict:
+    """Run one stage task in this process; the rollout stage fans out to shard tasks
+    when the run is sharded or on Ray (a single shard then still runs on a worker)."""
+    if name == "rollout" and (orchestration.rollout_shards > 1
+                              or orchestration.task_runner == "ray"):
+        # The coordinating task does no GPU work and must not hold a `gpu` tag slot
+        # while its shards (tagged `gpu`) wait for one: a limit of 1 would deadlock.
+        coordinator = stage.with_options(tags=list(t.CPU_TAGS))
+        return coordinator(run_dir, round_,
+                           shard_rollouts(run_dir, round_, orchestration.rollout_shards))
+    return stage(run_dir, round_)
+
+
 def run_round(run_dir: str, round_: int, flow_run_id: str | None) -> dict:
     """All stages of one round; a stage that fails for good marks the round failed."""
     start_round_task(run_dir, round_, flow_run_id)
     seconds: dict[str, list[float]] = {}
+    orchestration = load_run(run_dir).config.orchestration
     try:
         for name, stage in STAGES:
             t0 = time.perf_counter()
-            out = stage(run_dir, round_)
+            out = _stage_call(name, stage, run_dir, round_, orchestration)
             seconds[name] = [out["stage_seconds"], time.perf_counter() - t0]
         return t.commit_task(run_dir, round_, seconds)
     except BaseException as err:
@@ -79,7 +114,7 @@ def train_flow(run_dir: str, rounds: int | None = None, max_new_rounds: int | No
     # The lock comes first: nothing of a run another process is training is read, and
     # only the lock holder ends the MLflow run (a flow refused by the lock must not mark
     # FAILED the run another process is training).
-    with training_lock(run_dir, create=False):
+    with run_lock(run_dir, create=False):
         run = load_run(run_dir)
         target = rounds or run.config.rounds
         with RunStore(run.run_dir) as db:
@@ -166,6 +201,24 @@ def logs_in_run_dir(run_dir: str | Path) -> Iterator[Path]:
             handler.removeFilter(_drop)
 
 
+def task_runner_for(orchestration: OrchestrationConfig):
+    """The Prefect task runner the config asks for: prefect-ray's `RayTaskRunner` for
+    `task_runner: ray` (connecting to `ray_address`, or starting a local Ray for the
+    flow run when unset; a Ray already initialised in this process is used as is),
+    None for Prefect's default."""
+    if orchestration.task_runner != "ray":
+        return None
+    from prefect_ray import RayTaskRunner
+
+    return RayTaskRunner(address=orchestration.ray_address)
+
+
+def flow_for(run_dir: str):
+    """`train_flow` with the task runner of the run's stored config."""
+    runner = task_runner_for(load_run(run_dir).config.orchestration)
+    return train_flow if runner is None else train_flow.with_options(task_runner=runner)
+
+
 def train_from_cli(run_dir: str, rounds: int, max_new_rounds: int | None) -> dict:
     """`train_flow` for the command line: logs in the run directory, and a failure inside
     the flow raised as one line naming the log. Errors that are the user's to fix
@@ -174,7 +227,7 @@ def train_from_cli(run_dir: str, rounds: int, max_new_rounds: int | None) -> dic
 
     with logs_in_run_dir(run_dir) as log_path:
         try:
-            return train_flow(run_dir, rounds=rounds, max_new_rounds=max_new_rounds)
+            return flow_for(run_dir)(run_dir, rounds=rounds, max_new_rounds=max_new_rounds)
         except (ValueError, FileNotFoundError, RunLockedError):
             raise
         except Exception as err:

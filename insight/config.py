@@ -153,7 +153,8 @@ class RolloutConfig(_Strict):
         "hf engine: decode as many consecutive sequences at once as keep sequences x "
         "(longest prompt + max_new_tokens) within this many tokens (rollouts and "
         "evaluation). None: fixed batches of 256 (rollout) / 512 (evaluation) sequences. "
-        "The sampled draws depend on the batching, so setting it changes the rollouts."))
+        "Rollout draws are seeded per prompt and do not depend on it; evaluation's "
+        "sampled draws do, so setting it changes the sampled held-out accuracy."))
 
 
 class PosteriorConfig(_Strict):
@@ -248,6 +249,29 @@ class RecordConfig(_Strict):
         return self == RecordConfig()
 
 
+class OrchestrationConfig(_Strict):
+    """Where the stages run. It changes where work happens, never what is drawn (a
+    sharded run equals the single-process run row for row), so it is not part of the
+    run's identity: a run may be resumed on Ray that began locally, and back."""
+
+    task_runner: Literal["local", "ray"] = Field("local", description=(
+        "local: every stage in the flow process (Prefect's default runner). ray: the "
+        "rollout shards run as Prefect tasks on Ray workers through prefect-ray's "
+        "RayTaskRunner (the `ray` extra); the other stages stay in the flow process, "
+        "the only writer of the run's store."))
+    ray_address: str | None = Field(None, description=(
+        "Address of a running Ray cluster (e.g. ray://head:10001 or auto); None starts "
+        "a local Ray for the flow run. Read only with task_runner: ray."))
+    rollout_shards: int = Field(1, ge=1, description=(
+        "Split each generation batch's prompts into this many rollout tasks, each "
+        "returning its rows to the flow process. Draws are seeded per prompt, so the "
+        "record does not depend on it. 1 with task_runner: local is today's single "
+        "in-process rollout."))
+
+
+NOT_IDENTITY = {"rounds", "tracking", "orchestration"}  # may change between invocations
+
+
 class RunConfig(_Strict):
     """Everything that defines a training run. Hash-stable: resume compares hashes."""
 
@@ -265,15 +289,19 @@ class RunConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     record: RecordConfig = Field(default_factory=RecordConfig, description=(
         "What the record keeps of each round (all of it by default)."))
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
+                                               description=(
+        "Where the stages run (local process or Ray workers); not part of the identity."))
 
     def resolved_policy_path(self) -> Path:
         p = Path(self.policy.path).expanduser()
         return p if p.is_absolute() else ASSET_ROOT / p
 
     def identity_hash(self) -> str:
-        """Hash of what must not change under a resume (everything but `rounds`
-        and `tracking`, which may legitimately differ between invocations)."""
-        d = self.model_dump(mode="json", exclude={"rounds", "tracking"})
+        """Hash of what must not change under a resume (everything but `rounds`,
+        `tracking` and `orchestration`, which may legitimately differ between
+        invocations)."""
+        d = self.model_dump(mode="json", exclude=NOT_IDENTITY)
         if self.record.is_default():
             # runs created before the record section existed keep their identity
             d.pop("record")

@@ -22,6 +22,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,7 @@ from insight.problems import verifiers
 from insight.record import compact, layout
 from insight.record.metrics import round_metrics
 from insight.record.run import (EVALUATE, GENERATE, SELECT, TRAIN, Run, load_problems_of,
-                                path_for_record, path_in_run, stage_seed)
+                                path_for_record, path_in_run, prompt_seed, stage_seed)
 from insight.record.schema import RUN_TABLES_ROUND
 from insight.record.store import RunStore
 from insight import trainer as trainers
@@ -42,6 +43,9 @@ from insight.selection import registry
 from insight.selection.dapo import generation_batches
 from insight.selection.posterior import PosteriorState
 from insight.selection.selectors import Selection
+
+# problems of one generation batch, its index, policy checkpoint -> its rollout rows
+GenerateRows = Callable[[list, int, str], pa.Table]
 
 ROLLOUT_BATCH, EVAL_BATCH = 256, 512  # sequences decoded at once by the HF engine
 
@@ -212,16 +216,25 @@ def select(run: Run, round_: int) -> dict:
             "selection_seconds": seconds}
 
 
-def rollout(run: Run, round_: int) -> dict:
+def rollout(run: Run, round_: int, generate_rows: GenerateRows | None = None) -> dict:
     """Generate k completions per selected prompt with policy(r-1) and verify them.
     A selector with DAPO's refill (dynamic sampling) over-generates here: it keeps
     drawing generation batches until B groups with mixed outcomes are kept
-    (insight.selection.dapo), and every generation is recorded."""
+    (insight.selection.dapo), and every generation is recorded.
+
+    `generate_rows(problems, gen_batch, checkpoint)` makes the rows of one generation
+    batch somewhere else (the flow's rollout shards on Ray workers) and returns them;
+    this process stays the only writer of the store. None generates here."""
     cfg = run.config
     apply_threads(run)
     with RunStore(run.run_dir) as db:
         problems = {p.prompt_id: p for p in load_problems_of(run, "train", db)}
-        engine = rollout_engine(run, policy_checkpoint(run, round_ - 1, db), ROLLOUT_BATCH)
+        checkpoint = policy_checkpoint(run, round_ - 1, db)
+        if generate_rows is None:
+            engine = rollout_engine(run, checkpoint, ROLLOUT_BATCH)
+
+            def generate_rows(batch, gen_batch, _checkpoint):
+                return group_rows(run, round_, engine, batch, gen_batch)
         selected = db.selected_prompts(run.run_id, round_)
         tables: list[pa.Table] = []
         refills: list[SelectionState] = []  # loaded at the first refill, saved at the end
@@ -240,10 +253,9 @@ def rollout(run: Run, round_: int) -> dict:
             return list(sel.prompt_ids)
 
         def generate(prompt_ids: list[str], gen_batch: int) -> np.ndarray:
-            rows, successes = _generate_group_rows(run, round_, engine, problems, prompt_ids,
-                                                   gen_batch)
+            rows = generate_rows([problems[i] for i in prompt_ids], gen_batch, checkpoint)
             tables.append(rows)
-            return successes
+            return group_successes(rows, prompt_ids, cfg.rollout.k)
 
         batches, _ = generation_batches(
             draw, generate, batch_size=cfg.rollout.batch_size, k=cfg.rollout.k,
@@ -258,23 +270,37 @@ def rollout(run: Run, round_: int) -> dict:
             "kept_groups": int(sum(b.keep.sum() for b in batches))}
 
 
-def _generate_group_rows(run, round_, engine, problems, prompt_ids, gen_batch):
+def group_successes(rows: pa.Table, prompt_ids: list[str], k: int) -> np.ndarray:
+    """Successes per group, in `prompt_ids` order, from rows holding k per prompt in
+    that order (as `group_rows` writes them); refuses rows that do not."""
+    ids = rows["prompt_id"].to_pylist()
+    if ids != [pid for pid in prompt_ids for _ in range(k)]:
+        raise RuntimeError(f"rollout rows do not hold {k} samples of each requested prompt "
+                           "in order")
+    success = np.asarray(rows["success"].to_pylist(), dtype=float)
+    return success.reshape(len(prompt_ids), k).sum(axis=1)
+
+
+def group_rows(run: Run, round_: int, engine: generation.RolloutEngine,
+               problems: list, gen_batch: int) -> pa.Table:
+    """The verified rollout rows of one generation batch (k per problem, in order).
+    Each prompt's draws are seeded by (run seed, round, prompt id) (`prompt_seed`), so
+    they do not depend on which other prompts are generated with it: a batch split
+    across workers gives the same rows as one process."""
     cfg = run.config.rollout
     groups = engine.generate(
-        [problems[i].model_input for i in prompt_ids], cfg.k,
+        [p.model_input for p in problems], cfg.k,
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-        seed=stage_seed(run.config.seed, round_, GENERATE * 1000 + gen_batch))
+        seed=stage_seed(run.config.seed, round_, GENERATE * 1000 + gen_batch),
+        prompt_seeds=[prompt_seed(run.config.seed, round_, p.prompt_id) for p in problems])
     cols = {k: [] for k in ("prompt_id", "sample_idx", "completion", "completion_chars",
                             "completion_token_ids", "reward", "success", "verifier_error",
                             "truncated")}
-    successes = np.zeros(len(prompt_ids))
-    for g, (pid, group) in enumerate(zip(prompt_ids, groups)):
-        p = problems[pid]
+    for p, group in zip(problems, groups):
         for j, ro in enumerate(group):
             res = verifiers.verify(p.verifier, ro.completion, p.answer)
             ok = verifiers.is_success(res.reward, cfg.success_threshold)
-            successes[g] += ok
-            for key, val in (("prompt_id", pid), ("sample_idx", j),
+            for key, val in (("prompt_id", p.prompt_id), ("sample_idx", j),
                              # the verifier reads no further than this either: a hostile
                              # 1 MB completion must not become a 1 MB row; its length stays
                              ("completion", ro.completion[:verifiers.MAX_COMPLETION_CHARS]),
@@ -291,8 +317,7 @@ def _generate_group_rows(run, round_, engine, problems, prompt_ids, gen_batch):
                   "verifier_error": pa.array(cols["verifier_error"], pa.string()),
                   "completion_token_ids": pa.array(cols["completion_token_ids"],
                                                    pa.list_(pa.int32()))})
-    t = _with_round(t, run, round_, policy_round=round_ - 1, gen_batch=gen_batch)
-    return t, successes
+    return _with_round(t, run, round_, policy_round=round_ - 1, gen_batch=gen_batch)
 
 
 def update_posterior(run: Run, round_: int) -> dict:

@@ -63,6 +63,9 @@ def _weights_identity(checkpoint: str | Path) -> tuple | None:
                  for f, st in ((f, f.stat()) for f in files))
 
 
+weights_identity = _weights_identity  # public: shard workers key their policy cache on it
+
+
 def take_trainer(run: Run, held_round: int, checkpoint: str) -> Trainer:
     """The trainer holding policy(held_round): the one kept alive in this process when
     it holds exactly that checkpoint, else loaded from disk. The cache slot is emptied

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 
 import duckdb
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from insight import stages
+from insight import sharding, stages
+from insight.config import RunConfig
 from insight.record.run import load_run
 
 TRANSIENT = (duckdb.IOException, TimeoutError, ConnectionError, InterruptedError)
@@ -63,8 +65,22 @@ def select_task(run_dir: str, round_: int) -> dict:
 
 
 @task(name="rollout-generation", task_run_name="rollout-r{round_}", tags=list(GPU_TAGS), **_opts)
-def rollout_task(run_dir: str, round_: int) -> dict:
-    return _timed(stages.rollout, load_run(run_dir), round_)
+def rollout_task(run_dir: str, round_: int,
+                 generate_rows: stages.GenerateRows | None = None) -> dict:
+    """`generate_rows`: the flow's fan-out to rollout shards (None: generate here)."""
+    return _timed(stages.rollout, load_run(run_dir), round_, generate_rows)
+
+
+@task(name="rollout-shard", task_run_name="rollout-r{round_}-b{gen_batch}-s{shard}",
+      tags=list(GPU_TAGS), **_opts)
+def rollout_shard_task(run_dir: str, run_id: str, config: RunConfig, round_: int,
+                       gen_batch: int, shard: int, checkpoint: str,
+                       problems: list) -> pa.Table:
+    """One shard of a generation batch, on whichever worker the task runner picks (a Ray
+    worker with `orchestration.task_runner: ray`). It returns its rows and never opens
+    the store: the flow process is its only writer."""
+    return sharding.generate_shard(run_dir, run_id, config, round_, gen_batch, checkpoint,
+                                   problems)
 
 
 @task(name="posterior-update", task_run_name="posterior-r{round_}", tags=list(CPU_TAGS), **_opts)

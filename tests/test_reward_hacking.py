@@ -287,10 +287,11 @@ def test_a_completion_too_long_to_verify_is_stored_as_a_bounded_prefix():
     rollout_cfg = SimpleNamespace(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8,
                                   success_threshold=1.0)
     run = SimpleNamespace(run_id="r", config=SimpleNamespace(seed=0, rollout=rollout_cfg))
-    problems = {"p": Problem(prompt_id="p", prompt="Q?", answer="42", source="test",
-                             difficulty=-1, verifier="math")}
+    problems = [Problem(prompt_id="p", prompt="Q?", answer="42", source="test",
+                        difficulty=-1, verifier="math")]
 
-    rows, successes = stages._generate_group_rows(run, 1, HostileEngine(), problems, ["p"], 0)
+    rows = stages.group_rows(run, 1, HostileEngine(), problems, 0)
+    successes = stages.group_successes(rows, ["p"], 2)
 
     assert rows["completion"].to_pylist() == ["\\boxed{42}", hostile[:MAX_COMPLETION_CHARS]]
     assert rows["completion_chars"].to_pylist() == [len("\\boxed{42}"), len(hostile)]

@@ -1,7 +1,8 @@
 """Rollout generation and held-out evaluation.
 
 The seam is `RolloutEngine`: anything with `generate(prompts, k, *, temperature, top_p,
-max_new_tokens, seed) -> list[list[Rollout]]`. `HFEngine` samples with a plain
+max_new_tokens, seed, prompt_seeds=None) -> list[list[Rollout]]` (`prompt_seeds`: one
+seed per prompt, so a prompt's completions do not depend on what shares its batch). `HFEngine` samples with a plain
 Hugging Face causal LM (batched, KV cache, a hand-written decode loop that draws from a
 local `torch.Generator`, so results are reproducible given the seed on CPU and never
 touch the global RNG). `VLLMEngine` (in `insight.policy.vllm_engine`) is the GPU
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 from insight.policy.model import eos_ids
@@ -41,23 +43,17 @@ class RolloutEngine(Protocol):
         top_p: float = 1.0,
         max_new_tokens: int = 8,
         seed: int = 0,
+        prompt_seeds: Sequence[int] | None = None,
     ) -> list[list[Rollout]]: ...
 
 
 # --------------------------------------------------------------------------- sampling
 
 
-def _sample_next(
-    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next ids [N] and their log-probs under the sampling distribution.
-
-    temperature <= 0 means greedy (argmax, log-prob 0)."""
-    logits = logits.float()
-    if temperature <= 0:
-        ids = logits.argmax(dim=-1)
-        return ids, torch.zeros_like(ids, dtype=torch.float32)
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+def _sampling_logp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probs of the sampling distribution: logits / temperature, restricted to the
+    nucleus of mass `top_p` (masked tokens at -inf)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_lp, sorted_idx = torch.sort(logp, dim=-1, descending=True)
         cum = sorted_lp.exp().cumsum(dim=-1)
@@ -66,9 +62,53 @@ def _sample_next(
         sorted_lp = sorted_lp.masked_fill(remove, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, sorted_idx, sorted_lp)
         logp = torch.log_softmax(logp, dim=-1)
+    return logp
+
+
+def _sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next ids [N] and their log-probs under the sampling distribution.
+
+    temperature <= 0 means greedy (argmax, log-prob 0). With `uniforms` ([N], one
+    per row) each row is drawn by inverting its own CDF, so a row's draw depends on its
+    logits and its uniform only, never on which other rows share the batch; otherwise
+    one `multinomial` over the batch draws from `gen`."""
+    if temperature <= 0:
+        ids = logits.float().argmax(dim=-1)
+        return ids, torch.zeros_like(ids, dtype=torch.float32)
+    logp = _sampling_logp(logits, temperature, top_p)
     probs = logp.exp()
-    ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    if uniforms is None:
+        ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    else:
+        ids = _inverse_cdf(probs, uniforms)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds u * total mass, per row (float64, so the
+    rounding of the running sum moves a boundary by far less than a draw can notice).
+    Never a zero-probability token: u < 1, and a rounding up to the total is pulled
+    back to the last token that has mass."""
+    cdf = probs.double().cumsum(dim=-1)
+    target = (uniforms.to(cdf) * cdf[:, -1])[:, None]
+    ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    vocab = probs.shape[-1]
+    last_with_mass = vocab - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    return torch.minimum(ids, last_with_mass)
+
+
+def row_uniforms(prompt_seeds: Sequence[int], k: int, steps: int) -> torch.Tensor:
+    """[len(prompt_seeds) * k, steps] uniforms in [0, 1): row (i, j) is sample j of
+    prompt i, its stream seeded by (prompt seed, j) alone, so the k completions of a
+    prompt are the same whatever else is generated with them (in any batch, chunk,
+    shard or process)."""
+    rows = [np.random.default_rng(np.random.SeedSequence([int(s), j])).random(steps)
+            for s in prompt_seeds for j in range(k)]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, steps,
+                                                                    dtype=torch.float64)
 
 
 def _cache_kwarg(model) -> str:
@@ -115,8 +155,10 @@ def sample_batch(
     temperature: float,
     top_p: float,
     generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode a left-padded batch with a KV cache.
+    """Decode a left-padded batch with a KV cache. `uniforms` ([N, max_new_tokens]):
+    step t of row n draws with uniforms[n, t] (see `_sample_next`) instead of `generator`.
 
     Returns (new_ids [N, T] padded with pad_token_id after EOS, lengths [N] counting
     EOS, logprob_sums [N]); T <= max_new_tokens (stops early when every row ended).
@@ -139,7 +181,8 @@ def sample_batch(
     lp_sum = torch.zeros(n, dtype=torch.float32, device=device)
     steps: list[torch.Tensor] = []
     for t in range(max_new_tokens):
-        ids, lp = _sample_next(logits, temperature, top_p, generator)
+        ids, lp = _sample_next(logits, temperature, top_p, generator,
+                               None if uniforms is None else uniforms[:, t])
         ids = torch.where(done, torch.full_like(ids, pad_token_id), ids)
         lp_sum += torch.where(done, torch.zeros_like(lp), lp)
         lengths += (~done).long()
@@ -186,8 +229,15 @@ def generate_rollouts(
     seed: int = 0,
     batch_size: int = 256,
     max_tokens_per_batch: int | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[list[Rollout]]:
     """k sampled completions per prompt: result[i][j] is sample j of prompts[i].
+
+    With `prompt_seeds` (one per prompt) sample j of prompt i draws from its own
+    stream, seeded by (prompt_seeds[i], j) (`row_uniforms`): its completion does not
+    depend on the other prompts, the chunking or `seed`, which is what lets a round's
+    prompts be split across workers and give the same rows (on CPU). Without them, the
+    draws come from one generator seeded by `seed`, as described next.
 
     Prompts are encoded with the tokenizer's special tokens (BOS for the tiny policy)
     and left-padded. Rows are decoded in chunks (the k copies of a prompt are adjacent):
@@ -206,7 +256,11 @@ def generate_rollouts(
     device = _model_device(model)
     eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+        raise ValueError(f"{len(prompt_seeds)} prompt seeds for {len(prompts)} prompts")
     gen = _make_generator(seed, device)
+    uniforms = (None if prompt_seeds is None or temperature <= 0
+                else row_uniforms(prompt_seeds, k, max_new_tokens))
     was_training = model.training
     model.eval()
     flat = [p for p in prompts for _ in range(k)]
@@ -228,6 +282,7 @@ def generate_rollouts(
                 temperature=temperature,
                 top_p=top_p,
                 generator=gen,
+                uniforms=None if uniforms is None else uniforms[start:end].to(device),
             )
             new_ids, lengths, lp = new_ids.cpu(), lengths.cpu(), lp.cpu()
             for r in range(new_ids.shape[0]):
@@ -296,7 +351,8 @@ class HFEngine:
         model, tok = load_policy(path, device=device)
         return cls(model, tok, batch_size=batch_size)
 
-    def generate(self, prompts, k, *, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0):
+    def generate(self, prompts, k, *, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0,
+                 prompt_seeds=None):
         return generate_rollouts(
             self.model,
             self.tokenizer,
@@ -308,6 +364,7 @@ class HFEngine:
             seed=seed,
             batch_size=self.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
+            prompt_seeds=prompt_seeds,
         )
 
 

@@ -140,8 +140,10 @@ class VLLMEngine:
 
     def generate(self, prompts: Sequence[str], k: int, *, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 8,
-                 seed: int = 0) -> list[list[Rollout]]:
-        """k completions per prompt; temperature 0 is greedy (vLLM's convention too)."""
+                 seed: int = 0, prompt_seeds: Sequence[int] | None = None) -> list[list[Rollout]]:
+        """k completions per prompt; temperature 0 is greedy (vLLM's convention too).
+        `prompt_seeds`: one request seed per prompt instead of `seed` for all (vLLM
+        seeds each request's sampler; its numerics still depend on the batch)."""
         if self.asleep:
             raise RuntimeError("vLLM is asleep: load the round's weights before generating")
         if k < 1:
@@ -149,10 +151,15 @@ class VLLMEngine:
         if not prompts:
             return []
         vllm = import_vllm()
-        params = vllm.SamplingParams(
+        seeds = [seed] * len(prompts) if prompt_seeds is None else list(prompt_seeds)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} prompt seeds for {len(prompts)} prompts")
+        params = [vllm.SamplingParams(
             n=k, temperature=float(temperature), top_p=float(top_p),
-            max_tokens=int(max_new_tokens), seed=int(seed) & 0x7FFF_FFFF,
-            stop_token_ids=list(self.eos), detokenize=False)
+            max_tokens=int(max_new_tokens), seed=int(s) & 0x7FFF_FFFF,
+            stop_token_ids=list(self.eos), detokenize=False) for s in seeds]
+        if prompt_seeds is None:
+            params = params[0]  # one shared SamplingParams, as vLLM takes it
         token_prompts = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
         outputs = self.llm.generate(token_prompts, params, use_tqdm=False)
         return [[self._rollout(c) for c in out.outputs] for out in outputs]

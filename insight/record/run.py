@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from insight.problems import datasets, local_data
-from insight.config import (ArithmeticData, CountdownData, LocalData, PolicyConfig, RunConfig,
-                            config_from_dict)
+from insight.config import (NOT_IDENTITY, ArithmeticData, CountdownData, LocalData,
+                            PolicyConfig, RunConfig, config_from_dict)
 from insight.record.layout import DB_NAME
 from insight.record.runlock import training_lock
 from insight.record.store import RunDamagedError, RunStore
@@ -103,6 +103,10 @@ def check_config(cfg: RunConfig) -> tuple[list[datasets.Problem], list[datasets.
         # Never a silent fallback to the HF sampler: the user asked for vLLM's throughput.
         raise ValueError("policy.engine is 'vllm' but vLLM is not installed: install the "
                          "GPU extra (pip install 'insight-rlvr[gpu]') or set policy.engine: hf")
+    if cfg.orchestration.task_runner == "ray" and importlib.util.find_spec("prefect_ray") is None:
+        raise ValueError("orchestration.task_runner is 'ray' but prefect-ray is not installed: "
+                         "install the ray extra (pip install 'insight-rlvr[ray]') or set "
+                         "orchestration.task_runner: local")
     train, held_out = render_prompts(cfg, *build_problems(cfg))
     if cfg.rollout.batch_size > len(train):
         # Selection would quietly take the whole pool every round: not the experiment asked for.
@@ -227,8 +231,8 @@ def _check_same_experiment(existing: dict, cfg: RunConfig, dh: str, allow: bool)
     # differ, being computed without the field).
     old = config_from_dict(json.loads(existing["config_json"]))
     if old.identity_hash() != cfg.identity_hash():
-        changes += _diff(old.model_dump(mode="json", exclude={"rounds", "tracking"}),
-                         cfg.model_dump(mode="json", exclude={"rounds", "tracking"}))
+        changes += _diff(old.model_dump(mode="json", exclude=NOT_IDENTITY),
+                         cfg.model_dump(mode="json", exclude=NOT_IDENTITY))
     if existing["data_hash"] != dh:
         changes.append(f"dataset contents (hash {existing['data_hash']} -> {dh})")
     if changes and not allow:
@@ -276,3 +280,12 @@ def stage_seed(run_seed: int, round_: int, stream: int) -> int:
     """Seeds derive from (run seed, round, stream) only, so a resumed run draws exactly
     what an uninterrupted one would have drawn."""
     return int(np.random.SeedSequence([run_seed, round_, stream]).generate_state(1)[0])
+
+
+def prompt_seed(run_seed: int, round_: int, prompt_id: str) -> int:
+    """The seed of one prompt's rollouts in a round: from (run seed, round, prompt id)
+    only, so its completions are the same whichever prompts share its generation batch,
+    chunk, shard or worker (a sharded run equals the single-process run)."""
+    digest = int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big")
+    return int(np.random.SeedSequence([run_seed, round_, GENERATE, digest])
+               .generate_state(1, np.uint64)[0])
