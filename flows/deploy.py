@@ -11,7 +11,7 @@ the run directory's training lock refuses a second process outright.
 from __future__ import annotations
 
 from flows import env  # noqa: F401
-from flows.train import train_flow
+from flows.train import flow_for, train_flow
 from insight.record.run import Run
 
 
@@ -35,7 +35,8 @@ def serve_training(run: Run, *, cron: str | None = None, interval: float | None 
     PREFECT_API_URL is set, else against the local ephemeral API."""
     if (cron is None) == (interval is None):
         raise ValueError("give exactly one of --cron or --interval")
-    train_flow.serve(
+    # the run's task runner (Ray when orchestration.task_runner says so)
+    flow_for(str(run.run_dir)).serve(
         name=deployment_name(run),
         cron=cron,
         interval=interval,
