@@ -292,7 +292,8 @@ def update_posterior(run: Run, round_: int) -> dict:
     """Conjugate update with every verified rollout of the round (kept or not: a
     discarded DAPO group is still evidence about its prompt)."""
     with RunStore(run.run_dir) as db:
-        state = SelectionState.load(db, run, posterior_round=round_ - 1, selector_round=round_)
+        state = SelectionState.load(db, run, posterior_round=round_ - 1, selector_round=round_,
+                                    for_update=True)
         outcomes = db.round_outcomes(run.run_id, round_)
         new = state.observe(outcomes)
         db.replace_round_rows("posteriors", run.run_id, round_,
