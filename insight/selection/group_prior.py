@@ -80,10 +80,13 @@ def group_labels(values) -> np.ndarray:
 def _pseudo_prompts(a0: float, b0: float, trials: int, weight: float):
     """(s, f, w): ``weight`` prompts of ``trials`` trials spread over the population's
     Beta-Binomial predictive."""
-    from scipy.stats import betabinom
+    from scipy.special import betaln, gammaln
 
     s = np.arange(trials + 1, dtype=np.float64)
-    return s, trials - s, weight * betabinom.pmf(np.arange(trials + 1), trials, a0, b0)
+    f = trials - s
+    log_pmf = (gammaln(trials + 1.0) - gammaln(s + 1.0) - gammaln(f + 1.0)
+               + betaln(a0 + s, b0 + f) - betaln(a0, b0))
+    return s, f, weight * np.exp(log_pmf)
 
 
 def fit_grouped_priors(successes, trials, groups, *, shrinkage: float = DEFAULT_SHRINKAGE,
