@@ -47,7 +47,8 @@ def add_simulate_arguments(parser) -> None:
     sw.add_argument("--a0", type=_floats, help="prior alpha values")
     sw.add_argument("--b0", type=_floats, help="prior beta values")
     sw.add_argument("--prior", type=_strs,
-                    help="fixed, empirical-bayes and/or grouped-empirical-bayes (needs --n-groups)")
+                    help="fixed, empirical-bayes, grouped-empirical-bayes (needs --n-groups) "
+                         "and/or feature-knn")
     sw.add_argument("--group-shrinkage", dest="group_shrinkage", type=_floats,
                     help="grouped prior: weight of the population prior, in prompts (default 20)")
     sw.add_argument("--half-life", dest="half_life", type=_half_lives,
@@ -85,7 +86,8 @@ def add_simulate_arguments(parser) -> None:
             ("transfer_lr", "shared-skill step (generalization)"),
             ("transfer_width", "generalization kernel width, logits"),
             ("drift", "per-round random walk of per-prompt logits"),
-            ("group_noise", "how loosely a label tracks difficulty, logits")):
+            ("group_noise", "how loosely a label tracks difficulty, logits"),
+            ("feature_noise", "noise of the feature prior's features, logits")):
         w.add_argument("--" + name.replace("_", "-"), dest=name, type=float,
                        default=getattr(d, name), help=f"{help_} (default: %(default)s)")
     w.add_argument("--difficulty", choices=("normal", "beta"), default=d.difficulty)

@@ -160,12 +160,19 @@ class PosteriorConfig(_Strict):
     b0: float = Field(1.0, gt=0, description="Prior beta.")
     decay: Literal["observed", "all"] = Field("observed", description=(
         "Decay only the prompts observed this round (MoPPS) or every prompt."))
-    prior: Literal["fixed", "empirical-bayes", "grouped-empirical-bayes"] = Field(
+    prior: Literal["fixed", "empirical-bayes", "grouped-empirical-bayes", "feature-knn"] = Field(
         "fixed", description=(
             "fixed: Beta(a0, b0) for unseen prompts; empirical-bayes (extension): refit the "
             "prior of unseen prompts to the observed population each round; "
             "grouped-empirical-bayes (extension): one prior per group of data.group_field, "
-            "shrunk toward the population's (insight/selection/group_prior.py)."))
+            "shrunk toward the population's (insight/selection/group_prior.py); feature-knn "
+            "(extension): each prompt's prior from its nearest observed prompts under the "
+            "current policy's mean-pooled hidden states (insight/selection/feature_prior.py)."))
+    knn_neighbours: int = Field(16, ge=1, description=(
+        "feature-knn: observed prompts whose success rates make a prompt's prior."))
+    feature_strength: float = Field(4.0, gt=0, description=(
+        "feature-knn: pseudo-rollouts of the feature prior (small, so a prompt's own "
+        "outcomes outweigh its neighbours' after one group)."))
     group_shrinkage: float = Field(20.0, ge=0, description=(
         "grouped-empirical-bayes: weight of the population prior in each group's fit, in "
         "prompts (a group with far more observed prompts follows its own data)."))

@@ -41,11 +41,12 @@ class SelectionState:
 
     @classmethod
     def load(cls, db: RunStore, run: Run, *, posterior_round: int, selector_round: int,
-             for_update: bool = False) -> "SelectionState":
+             for_update: bool = False, features=None) -> "SelectionState":
         """``for_update``: the view the posterior update starts from, which never applies
         time-aware forgetting (that is a view for scoring; the stored posterior keeps
         every count, so forgetting is never applied twice)."""
-        post = _posterior_view(db, run, posterior_round, scoring=not for_update)
+        post = _posterior_view(db, run, posterior_round, scoring=not for_update,
+                               features=features)
         selector = make_selector(run.config.selector)
         state = db.selector_state(run.run_id, selector_round)
         if state:
@@ -82,7 +83,8 @@ class SelectionState:
         db.save_selector_state(self.run.run_id, round_, self.selector.state_dict())
 
 
-def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool) -> PosteriorState:
+def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool,
+                    features=None) -> PosteriorState:
     t = db.posterior_snapshot(run.run_id, round_)
     if t.num_rows == 0:
         raise RuntimeError(f"no posterior snapshot for round {round_} in {run.run_dir}")
@@ -90,6 +92,10 @@ def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool) -> Po
     cfg = run.config.posterior
     forget = cfg.half_life is not None and scoring
     if cfg.prior == "fixed" and not forget:
+        return post
+    if cfg.prior == "feature-knn" and (not scoring or features is None):
+        # a view for scoring only: the update keeps the stored Beta(a0, b0) posterior,
+        # and a selector that ignores the posterior (uniform, DAPO refills) gets no features
         return post
     # Extensions beyond the paper (insight/selection/views.py): a fitted prior for
     # never-observed prompts (population or per group), and age-weighted evidence.
@@ -110,8 +116,15 @@ def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool) -> Po
         groups = np.full(len(post), "", dtype=object)
         groups[post.index_of(np.asarray(g["prompt_id"].to_pylist(), dtype=object))] = \
             np.asarray(g["grp"].to_pylist(), dtype=object)
+    feats = None
+    if cfg.prior == "feature-knn":
+        ids, arr = features
+        feats = np.empty((len(post), arr.shape[1]))
+        feats[post.index_of(np.asarray(ids, dtype=object))] = arr
     view = selection_view(post, prior=cfg.prior, successes=successes, trials=trials,
-                          groups=groups, shrinkage=cfg.group_shrinkage, decayed=decayed)
+                          groups=groups, shrinkage=cfg.group_shrinkage, decayed=decayed,
+                          features=feats, neighbours=cfg.knn_neighbours,
+                          strength=cfg.feature_strength)
     if view.priors and scoring:
         _log.info("round %d scored under prior(s) {group: [a0, b0, prompts, observed]}: %s",
                   round_ + 1, view.priors)

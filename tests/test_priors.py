@@ -207,26 +207,26 @@ def test_inconsistent_options_are_refused_naming_the_field(over, msg):
 
 
 # ------------------------------------------------------------------ a run and the simulator
-@pytest.mark.e2e
-def test_a_three_round_tiny_run_with_every_option_scores_the_view_it_says(prefect_api,
-                                                                          tiny_policy_dir,
-                                                                          tmp_path):
+def test_a_three_round_tiny_run_with_every_option_scores_the_view_it_says(tmp_path):
     """grouped prior + forgetting + mi+mixed through the real pipeline: round 3's
     candidates are scored on the view (every prompt at its group's prior plus its
-    evidence, round 1's halved), while the stored posterior keeps the full counts."""
+    evidence, round 1's halved), while the stored posterior keeps the full counts. The
+    stages are driven directly (no Prefect), on the shipped warm-started policy."""
     import duckdb
 
-    from flows.train import train_flow
     from insight.record.run import open_or_create_run
     from tests.test_e2e import tiny_config
+    from tests.test_round import SHIPPED_POLICY
+    from tests.test_trainer_state import run_rounds
 
     cfg = config_from_dict(tiny_config(
-        tiny_policy_dir, rounds=3, tracking={"enabled": False},
+        SHIPPED_POLICY, rounds=3, tracking={"enabled": False},
+        eval={"every": 100, "n_samples": 1},
         data={"group_field": "difficulty"},
         posterior={"prior": "grouped-empirical-bayes", "half_life": 1.0},
         selector={"type": "insight", "objective": "mi+mixed", "mixed_weight": 2.0}))
     run = open_or_create_run(tmp_path / "run", cfg)
-    train_flow(str(run.run_dir), progress=False)
+    run_rounds(run, [1, 2, 3])
     con = duckdb.connect(str(run.run_dir / "insight.duckdb"), read_only=True)
     try:
         hist = con.execute("SELECT prompt_id, round, sum(success::INT), count(*) FROM rollouts "

@@ -92,7 +92,8 @@ LABEL = "SIMULATION"
 DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
               "(see insight/report/simulate.py); no model was trained or evaluated.")
 
-POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior", "group_shrinkage", "half_life")
+POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior", "group_shrinkage", "half_life",
+                  "knn_neighbours", "feature_strength")
 DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")
 
 
@@ -123,6 +124,8 @@ class SimConfig:
     n_groups: int = 0              # data labels for the grouped prior (0: none): quantile
                                    # bins of x + Normal(0, group_noise), like MATH's levels
     group_noise: float = 1.0       # how loosely a label tracks difficulty (logits)
+    feature_noise: float = 1.0     # the feature prior's "embedding": the prompt's shared-
+                                   # skill logit x + g(x) + a fixed Normal(0, feature_noise)
 
     def __post_init__(self):
         for name in ("n_prompts", "n_heldout", "batch_size", "k", "budget", "max_rounds"):
@@ -135,7 +138,7 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name} must be > 0")
         if self.n_groups < 0:
             raise ValueError(f"SimConfig.n_groups must be >= 0, got {self.n_groups}")
-        for name in ("lr", "transfer_lr", "drift", "group_noise"):
+        for name in ("lr", "transfer_lr", "drift", "group_noise", "feature_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
         if self.difficulty not in ("normal", "beta"):
@@ -172,7 +175,8 @@ def posterior_params(variant: Variant) -> dict[str, Any]:
     """The variant's posterior settings over the defaults, validated (a bad value or an
     unknown key raises ValueError naming it)."""
     p = {"lam": 1.0, "a0": 1.0, "b0": 1.0, "decay": "observed", "prior": "fixed",
-         "group_shrinkage": 20.0, "half_life": None}
+         "group_shrinkage": 20.0, "half_life": None, "knn_neighbours": 16,
+         "feature_strength": 4.0}
     unknown = set(variant.posterior) - set(p)
     if unknown:
         raise ValueError(f"unknown posterior parameter(s) {sorted(unknown)}; "
@@ -245,6 +249,13 @@ class World:
         self.g_grid = np.zeros_like(self.grid)
         self.offset = np.zeros(sim.n_prompts)
         self.groups = self._group_labels(seed) if sim.n_groups else None
+        self.feature_eps = np.random.default_rng(np.random.SeedSequence([seed, 13])).normal(
+            0.0, sim.feature_noise, sim.n_prompts)
+
+    def features(self) -> np.ndarray:
+        """What the current policy "sees" of each prompt: its logit under the shared skill
+        (what generalises, not the per-prompt offset) blurred by fixed noise."""
+        return self.x_train + self.skill(self.x_train) + self.feature_eps
 
     def _group_labels(self, seed: int) -> np.ndarray:
         """Level labels 1..n_groups: quantile bins of a noisy copy of the difficulty (a
@@ -409,10 +420,13 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
     while consumed < sim.budget and round_ < sim.max_rounds:
         round_ += 1
         p = world.p_train()
-        view = selection_view(post, prior=prior, successes=cum_s, trials=cum_n,
-                              groups=world.groups, shrinkage=float(post_cfg["group_shrinkage"]),
-                              decayed=(dec_s, dec_n) if half_life is not None else None
-                              ).posterior
+        view = selection_view(
+            post, prior=prior, successes=cum_s, trials=cum_n, groups=world.groups,
+            shrinkage=float(post_cfg["group_shrinkage"]),
+            decayed=(dec_s, dec_n) if half_life is not None else None,
+            features=world.features() if prior == "feature-knn" else None,
+            neighbours=int(post_cfg["knn_neighbours"]),
+            strength=float(post_cfg["feature_strength"])).posterior
         n_before = post.alpha + post.beta  # posterior concentration before this round
         timer = {"select": 0.0}
 

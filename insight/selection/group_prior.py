@@ -68,12 +68,11 @@ class GroupedPriors:
 
 def group_labels(values) -> np.ndarray:
     """Group labels as strings (a missing label, None or NaN, is its own group "")."""
-    out = []
-    for v in values:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out.append("")
-        else:
-            out.append(str(v))
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iub":             # integer levels: vectorised
+        return arr.astype(str).astype(object)
+    out = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+           for v in arr.tolist()]
     return np.asarray(out, dtype=object)
 
 
@@ -111,8 +110,9 @@ def fit_grouped_priors(successes, trials, groups, *, shrinkage: float = DEFAULT_
     ps, pf, pw = _pseudo_prompts(pop.a0, pop.b0, t_star, float(shrinkage))
     x0 = np.log([pop.a0, pop.b0])
     fits: dict[str, GroupPrior] = {}
-    for g in sorted(set(labels.tolist())):
-        members = labels == g
+    names, codes = np.unique(labels.astype(str), return_inverse=True)
+    for code, g in enumerate(names.tolist()):
+        members = codes == code
         obs = members & seen
         a0, b0 = pop.a0, pop.b0
         if obs.any():
@@ -123,9 +123,10 @@ def fit_grouped_priors(successes, trials, groups, *, shrinkage: float = DEFAULT_
 
 
 def _fit_group(s, t, ps, pf, pw, x0) -> tuple[float, float]:
-    pairs, counts = np.unique(np.stack([s, t - s], axis=1), axis=0, return_counts=True)
-    su = np.concatenate([pairs[:, 0], ps])
-    fu = np.concatenate([pairs[:, 1], pf])
+    # identical (s, f) pairs are frequent: one complex number per pair sorts fast
+    pairs, counts = np.unique(s + 1j * (t - s), return_counts=True)
+    su = np.concatenate([pairs.real, ps])
+    fu = np.concatenate([pairs.imag, pf])
     w = np.concatenate([counts.astype(np.float64), pw])
     keep = w > 0
     fit = fit_weighted_pairs(su[keep], fu[keep], w[keep], x0, n_prompts=int(len(s)))
