@@ -207,6 +207,7 @@ def test_inconsistent_options_are_refused_naming_the_field(over, msg):
 
 
 # ------------------------------------------------------------------ a run and the simulator
+@pytest.mark.slow
 def test_a_three_round_tiny_run_with_every_option_scores_the_view_it_says(tmp_path):
     """grouped prior + forgetting + mi+mixed through the real pipeline: round 3's
     candidates are scored on the view (every prompt at its group's prior plus its
@@ -280,3 +281,88 @@ def test_the_simulator_runs_the_options_and_labels_leave_the_world_unchanged():
     with pytest.raises(ValueError, match="n_groups"):
         run_simulation(SimConfig(n_prompts=64, batch_size=8, budget=64),
                        Variant({"type": "insight"}, {"prior": "grouped-empirical-bayes"}), 0)
+
+
+# ------------------------------------------------------------------ feature prior
+def test_the_knn_prior_is_the_trial_weighted_rate_of_the_nearest_observed_others():
+    from insight.selection.feature_prior import knn_prior
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3))
+    t = np.where(rng.random(40) < 0.6, 8.0, 0.0)
+    t[:3] = [4.0, 16.0, 8.0]
+    s = np.floor(rng.random(40) * (t + 1))
+    a, b = knn_prior(x, s, t, neighbours=5, strength=4.0)
+    z = (x - x.mean(0)) / x.std(0)
+    for i in range(40):
+        others = [j for j in np.flatnonzero(t > 0) if j != i]
+        near = sorted(others, key=lambda j: ((z[j] - z[i]) ** 2).sum())[:5]
+        rate = np.array([(s[j] + 0.5) / (t[j] + 1) for j in near])
+        m = float(np.clip(np.dot(t[near], rate) / t[near].sum(), 0.005, 0.995))
+        assert (a[i], b[i]) == pytest.approx((4.0 * m, 4.0 * (1 - m)))
+
+
+def test_the_feature_prior_is_capped_so_a_prompt_s_own_group_dominates():
+    post, s, t = _state_and_counts()
+    feats = np.arange(6.0)[:, None]
+    view = selection_view(post, prior="feature-knn", successes=s, trials=t,
+                          features=feats, neighbours=2, strength=4.0).posterior
+    prior_n = 4.0
+    np.testing.assert_allclose(view.alpha + view.beta, prior_n + t)
+    # p1 succeeded 8/8: its own evidence (8) outweighs a prior of 4 pseudo-rollouts
+    assert view.mean()[1] > 8 / 12 - 1e-9
+
+
+def test_prompt_embeddings_are_the_masked_mean_of_the_last_hidden_layer():
+    import torch
+
+    from insight.policy.embeddings import prompt_embeddings
+    from insight.policy.model import build_tiny_policy
+
+    model, tok = build_tiny_policy(seed=0)
+    texts = ["12+7=", "3-1=", "100+250="]
+    got = prompt_embeddings(model, tok, texts, batch_size=2)
+    assert got.shape[0] == 3 and np.isfinite(got).all()
+    for i, text in enumerate(texts):
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(got[i], h.mean(0).double().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_with_the_feature_prior_caches_features_and_scores_prior_plus_evidence(
+        tmp_path):
+    import duckdb
+
+    from insight.record import layout
+    from insight.record.run import open_or_create_run
+    from insight.selection.feature_prior import knn_prior
+    from tests.test_e2e import tiny_config
+    from tests.test_round import SHIPPED_POLICY
+    from tests.test_trainer_state import run_rounds
+
+    cfg = config_from_dict(tiny_config(
+        SHIPPED_POLICY, rounds=2, tracking={"enabled": False},
+        eval={"every": 100, "n_samples": 1},
+        posterior={"prior": "feature-knn", "knn_neighbours": 3}))
+    run = open_or_create_run(tmp_path / "run", cfg)
+    run_rounds(run, [1, 2])
+    cache = layout.features_path(run.run_dir, 1)
+    assert cache.is_file() and layout.features_path(run.run_dir, 0).is_file()
+    with np.load(cache) as z:
+        ids, feats = z["prompt_ids"].astype(object), z["features"]
+    con = duckdb.connect(str(run.run_dir / "insight.duckdb"), read_only=True)
+    try:
+        counts = dict((p, (s_, n_)) for p, s_, n_ in con.execute(
+            "SELECT prompt_id, sum(success::INT), count(*) FROM rollouts WHERE round = 1 "
+            "GROUP BY 1").fetchall())
+        sel2 = {r[0]: (r[1], r[2]) for r in con.execute(
+            "SELECT prompt_id, alpha, beta FROM selections WHERE round = 2").fetchall()}
+    finally:
+        con.close()
+    s = np.array([counts.get(p, (0, 0))[0] for p in ids], float)
+    t = np.array([counts.get(p, (0, 0))[1] for p in ids], float)
+    a, b = knn_prior(feats, s, t, neighbours=3, strength=4.0)
+    for i, pid in enumerate(ids):
+        assert sel2[pid] == pytest.approx((a[i] + s[i], b[i] + t[i] - s[i]))
