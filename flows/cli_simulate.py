@@ -147,6 +147,10 @@ def run_simulate(args) -> int:
         if getattr(args, "max_num_gen_batches", None) is not None:
             base["dynamic-sampling"] = {"max_num_gen_batches": args.max_num_gen_batches}
         variants = expand_grid(args.selectors, grid_from_args(args), base=base)
+        if sim.n_groups == 0 and any(v.posterior.get("prior") == "grouped-empirical-bayes"
+                                     for v in variants):
+            raise ValueError("--prior grouped-empirical-bayes needs labelled prompts: "
+                             "add --n-groups G (e.g. 5)")
     except Exception as err:  # bad flags: one clear line, no traceback
         print(f"simulate: {err}", file=sys.stderr)
         return 2

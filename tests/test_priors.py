@@ -366,3 +366,26 @@ def test_a_tiny_run_with_the_feature_prior_caches_features_and_scores_prior_plus
     a, b = knn_prior(feats, s, t, neighbours=3, strength=4.0)
     for i, pid in enumerate(ids):
         assert sel2[pid] == pytest.approx((a[i] + s[i], b[i] + t[i] - s[i]))
+
+
+def test_the_simulate_command_takes_the_new_flags_and_refuses_groups_it_lacks(tmp_path,
+                                                                              capsys):
+    import argparse
+
+    from flows import cli_simulate
+
+    parser = argparse.ArgumentParser()
+    cli_simulate.add_simulate_arguments(parser)
+    small = ["--out", str(tmp_path), "--selectors", "insight", "--seeds", "1",
+             "--workers", "1", "--n-prompts", "64", "--n-heldout", "32", "--batch-size",
+             "8", "--k", "4", "--budget", "256"]
+    args = parser.parse_args(small + ["--n-groups", "3", "--prior",
+                                      "grouped-empirical-bayes,feature-knn",
+                                      "--half-life", "none,5", "--objective", "mi+mixed",
+                                      "--mixed-weight", "2"])
+    assert cli_simulate.run_simulate(args) == 0
+    out = capsys.readouterr().out
+    assert "half_life=5" in out and "prior=feature-knn" in out and "objective=mi+mixed" in out
+    bad = parser.parse_args(small + ["--prior", "grouped-empirical-bayes"])
+    assert cli_simulate.run_simulate(bad) == 2
+    assert "--n-groups" in capsys.readouterr().err
