@@ -23,6 +23,10 @@ def _pool_ratios(text: str) -> list[float | None]:
     return [None if v.lower() in ("none", "all", "0") else float(v) for v in _strs(text)]
 
 
+def _half_lives(text: str) -> list[float | None]:
+    return [None if v.lower() in ("none", "off") else float(v) for v in _strs(text)]
+
+
 def _strs(text: str) -> list[str]:
     return [v for v in text.replace(",", " ").split() if v]
 
@@ -42,7 +46,17 @@ def add_simulate_arguments(parser) -> None:
     sw.add_argument("--lam", type=_floats, help="posterior forgetting factors, e.g. 1,0.9")
     sw.add_argument("--a0", type=_floats, help="prior alpha values")
     sw.add_argument("--b0", type=_floats, help="prior beta values")
-    sw.add_argument("--prior", type=_strs, help="fixed and/or empirical-bayes")
+    sw.add_argument("--prior", type=_strs,
+                    help="fixed, empirical-bayes, grouped-empirical-bayes (needs --n-groups) "
+                         "and/or feature-knn")
+    sw.add_argument("--group-shrinkage", dest="group_shrinkage", type=_floats,
+                    help="grouped prior: weight of the population prior, in prompts (default 20)")
+    sw.add_argument("--half-life", dest="half_life", type=_half_lives,
+                    help="time-aware forgetting: evidence half-life in rounds, e.g. none,10,30")
+    sw.add_argument("--objective", type=_strs,
+                    help="insight's objective: mi, mixed and/or mi+mixed")
+    sw.add_argument("--mixed-weight", dest="mixed_weight", type=_floats,
+                    help="weight of P(0 < s < k) in objective mi+mixed (default 1)")
     sw.add_argument("--decay", type=_strs, help="observed and/or all")
     sw.add_argument("--gamma", type=_floats, help="weight sharpness (power weight)")
     sw.add_argument("--sigma", type=_floats, help="gaussian weight width")
@@ -58,6 +72,7 @@ def add_simulate_arguments(parser) -> None:
     w = parser.add_argument_group("simulated world")
     for name, help_ in (
             ("n_prompts", "training pool size"), ("n_heldout", "held-out prompts"),
+            ("n_groups", "difficulty labels for the grouped prior (0: none)"),
             ("batch_size", "B, groups trained per round"), ("k", "rollouts per group"),
             ("budget", "rollouts per run")):
         w.add_argument("--" + name.replace("_", "-"), dest=name, type=int,
@@ -70,7 +85,9 @@ def add_simulate_arguments(parser) -> None:
             ("lr", "own-prompt step per unit signal"),
             ("transfer_lr", "shared-skill step (generalization)"),
             ("transfer_width", "generalization kernel width, logits"),
-            ("drift", "per-round random walk of per-prompt logits")):
+            ("drift", "per-round random walk of per-prompt logits"),
+            ("group_noise", "how loosely a label tracks difficulty, logits"),
+            ("feature_noise", "noise of the feature prior's features, logits")):
         w.add_argument("--" + name.replace("_", "-"), dest=name, type=float,
                        default=getattr(d, name), help=f"{help_} (default: %(default)s)")
     w.add_argument("--difficulty", choices=("normal", "beta"), default=d.difficulty)
@@ -100,7 +117,7 @@ def grid_from_args(args) -> dict[str, list]:
     (values read as int, float, true/false or text)."""
     grid: dict[str, list] = {}
     for key in ("lam", "a0", "b0", "prior", "decay", "gamma", "sigma", "weight", "tau",
-                "pool_ratio"):
+                "pool_ratio", "group_shrinkage", "half_life", "objective", "mixed_weight"):
         val = getattr(args, key, None)
         if val:
             grid[key] = list(val)
@@ -130,6 +147,10 @@ def run_simulate(args) -> int:
         if getattr(args, "max_num_gen_batches", None) is not None:
             base["dynamic-sampling"] = {"max_num_gen_batches": args.max_num_gen_batches}
         variants = expand_grid(args.selectors, grid_from_args(args), base=base)
+        if sim.n_groups == 0 and any(v.posterior.get("prior") == "grouped-empirical-bayes"
+                                     for v in variants):
+            raise ValueError("--prior grouped-empirical-bayes needs labelled prompts: "
+                             "add --n-groups G (e.g. 5)")
     except Exception as err:  # bad flags: one clear line, no traceback
         print(f"simulate: {err}", file=sys.stderr)
         return 2

@@ -79,6 +79,10 @@ class _PromptFields(_Strict):
     instruction: str | None = Field(None, min_length=1, description=(
         "Text appended to every prompt, after a blank line, e.g. 'Put the final answer "
         "in \\boxed{}.'"))
+    group_field: Literal["difficulty", "source"] | None = Field(None, description=(
+        "The prompts column that groups prompts for posterior.prior "
+        "grouped-empirical-bayes: difficulty (generated arithmetic: the digit count; local "
+        "data: the column data.difficulty_field names, e.g. MATH's level) or source."))
 
 
 class ArithmeticData(_PromptFields):
@@ -164,9 +168,33 @@ class PosteriorConfig(_Strict):
     b0: float = Field(1.0, gt=0, description="Prior beta.")
     decay: Literal["observed", "all"] = Field("observed", description=(
         "Decay only the prompts observed this round (MoPPS) or every prompt."))
-    prior: Literal["fixed", "empirical-bayes"] = Field("fixed", description=(
-        "fixed: Beta(a0, b0) for unseen prompts; empirical-bayes (extension): refit the "
-        "prior of unseen prompts to the observed population each round."))
+    prior: Literal["fixed", "empirical-bayes", "grouped-empirical-bayes", "feature-knn"] = Field(
+        "fixed", description=(
+            "fixed: Beta(a0, b0) for unseen prompts; empirical-bayes (extension): refit the "
+            "prior of unseen prompts to the observed population each round; "
+            "grouped-empirical-bayes (extension): one prior per group of data.group_field, "
+            "shrunk toward the population's (insight/selection/group_prior.py); feature-knn "
+            "(extension): each prompt's prior from its nearest observed prompts under the "
+            "current policy's mean-pooled hidden states (insight/selection/feature_prior.py)."))
+    knn_neighbours: int = Field(16, ge=1, description=(
+        "feature-knn: observed prompts whose success rates make a prompt's prior."))
+    feature_strength: float = Field(4.0, gt=0, description=(
+        "feature-knn: pseudo-rollouts of the feature prior (small, so a prompt's own "
+        "outcomes outweigh its neighbours' after one group)."))
+    group_shrinkage: float = Field(20.0, ge=0, description=(
+        "grouped-empirical-bayes: weight of the population prior in each group's fit, in "
+        "prompts (a group with far more observed prompts follows its own data)."))
+    half_life: float | None = Field(None, gt=0, description=(
+        "Time-aware forgetting (extension): the selectors see each outcome weighted "
+        "0.5 ** (rounds since it was observed / half_life), every prompt decaying toward "
+        "its prior; None keeps all evidence. Needs lam = 1 (lam decays per observation)."))
+
+    @model_validator(mode="after")
+    def _one_forgetting(self):
+        if self.half_life is not None and self.lam != 1.0:
+            raise ValueError("posterior.half_life and posterior.lam < 1 both forget; "
+                             "set lam: 1 to use half_life")
+        return self
 
 
 class LoraOptions(_Strict):
@@ -292,6 +320,13 @@ class RunConfig(_Strict):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
                                                description=(
         "Where the stages run (local process or Ray workers); not part of the identity."))
+
+    @model_validator(mode="after")
+    def _grouped_prior_has_groups(self):
+        if self.posterior.prior == "grouped-empirical-bayes" and self.data.group_field is None:
+            raise ValueError("posterior.prior grouped-empirical-bayes needs data.group_field "
+                             "(difficulty or source)")
+        return self
 
     def resolved_policy_path(self) -> Path:
         p = Path(self.policy.path).expanduser()

@@ -11,6 +11,7 @@ retried after a failure starts from what the previous stage saved.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,13 @@ import pyarrow as pa
 from insight.record.run import Run
 from insight.record.store import RunStore
 from insight.selection.posterior import PosteriorState
-from insight.selection.prior import with_fitted_prior_for_unseen
+from insight.selection.forgetting import decayed_counts
+from insight.selection.views import selection_view
 from insight.selection.registry import make_selector
 from insight.selection.selectors import Selection, Selector
+
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,9 +40,13 @@ class SelectionState:
     selector: Selector
 
     @classmethod
-    def load(cls, db: RunStore, run: Run, *, posterior_round: int,
-             selector_round: int) -> "SelectionState":
-        post = _posterior_view(db, run, posterior_round)
+    def load(cls, db: RunStore, run: Run, *, posterior_round: int, selector_round: int,
+             for_update: bool = False, features=None) -> "SelectionState":
+        """``for_update``: the view the posterior update starts from, which never applies
+        time-aware forgetting (that is a view for scoring; the stored posterior keeps
+        every count, so forgetting is never applied twice)."""
+        post = _posterior_view(db, run, posterior_round, scoring=not for_update,
+                               features=features)
         selector = make_selector(run.config.selector)
         state = db.selector_state(run.run_id, selector_round)
         if state:
@@ -82,18 +91,50 @@ def stored_posterior(db: RunStore, run: Run, round_: int) -> PosteriorState:
         run.run_id, round_, every=run.config.record.posterior_snapshot_every))
 
 
-def _posterior_view(db: RunStore, run: Run, round_: int) -> PosteriorState:
+def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool,
+                    features=None) -> PosteriorState:
     t = db.posterior_snapshot(run.run_id, round_,
                               every=run.config.record.posterior_snapshot_every)
     if t.num_rows == 0:
         raise RuntimeError(f"no posterior snapshot for round {round_} in {run.run_dir}")
     post = PosteriorState.from_arrow(t)
-    if run.config.posterior.prior != "empirical-bayes":
+    cfg = run.config.posterior
+    forget = cfg.half_life is not None and scoring
+    if cfg.prior == "fixed" and not forget:
         return post
-    # Empirical-Bayes option (an extension beyond the paper): prompts never observed get
-    # a prior fitted to the observed population instead of Beta(a0, b0).
+    if cfg.prior == "feature-knn" and (not scoring or features is None):
+        # a view for scoring only: the update keeps the stored Beta(a0, b0) posterior,
+        # and a selector that ignores the posterior (uniform, DAPO refills) gets no features
+        return post
+    # Extensions beyond the paper (insight/selection/views.py): a fitted prior for
+    # never-observed prompts (population or per group), and age-weighted evidence.
     totals = db.outcome_totals_before(run.run_id, round_ + 1)
     idx = post.index_of(np.asarray(totals["prompt_id"].to_pylist(), dtype=object))
     successes, trials = np.zeros(len(post)), np.zeros(len(post))
     successes[idx], trials[idx] = np.asarray(totals["s"]), np.asarray(totals["n"])
-    return with_fitted_prior_for_unseen(post, successes, trials)
+    decayed = None
+    if forget:
+        hist = db.outcomes_by_round_before(run.run_id, round_ + 1)
+        pos = post.index_of(np.asarray(hist["prompt_id"].to_pylist(), dtype=object))
+        decayed = decayed_counts(pos, np.asarray(hist["round"]), np.asarray(hist["s"]),
+                                 np.asarray(hist["n"]), size=len(post), now=round_,
+                                 half_life=cfg.half_life)
+    groups = None
+    if cfg.prior == "grouped-empirical-bayes":
+        g = db.prompt_groups(run.run_id, run.config.data.group_field)
+        groups = np.full(len(post), "", dtype=object)
+        groups[post.index_of(np.asarray(g["prompt_id"].to_pylist(), dtype=object))] = \
+            np.asarray(g["grp"].to_pylist(), dtype=object)
+    feats = None
+    if cfg.prior == "feature-knn":
+        ids, arr = features
+        feats = np.empty((len(post), arr.shape[1]))
+        feats[post.index_of(np.asarray(ids, dtype=object))] = arr
+    view = selection_view(post, prior=cfg.prior, successes=successes, trials=trials,
+                          groups=groups, shrinkage=cfg.group_shrinkage, decayed=decayed,
+                          features=feats, neighbours=cfg.knn_neighbours,
+                          strength=cfg.feature_strength)
+    if view.priors and scoring:
+        _log.info("round %d scored under prior(s) {group: [a0, b0, prompts, observed]}: %s",
+                  round_ + 1, view.priors)
+    return view.posterior

@@ -205,7 +205,8 @@ def select(run: Run, round_: int) -> dict:
     cfg = run.config
     with RunStore(run.run_dir) as db:
         state = SelectionState.load(db, run, posterior_round=round_ - 1,
-                                    selector_round=round_ - 1)
+                                    selector_round=round_ - 1,
+                                    features=policy_features(run, round_ - 1, db))
         t0 = time.perf_counter()
         sel = state.draw(np.random.default_rng(stage_seed(cfg.seed, round_, SELECT)))
         seconds = time.perf_counter() - t0
@@ -214,6 +215,31 @@ def select(run: Run, round_: int) -> dict:
         state.save(db, round_)
     return {"selected": len(sel.prompt_ids), "candidates": sel.table.num_rows,
             "selection_seconds": seconds}
+
+
+def policy_features(run: Run, policy_round: int, db: RunStore):
+    """(prompt ids, features) of the training prompts under the policy of `policy_round`
+    for the feature prior, else None. Cached per checkpoint in the run directory (a
+    forward pass is deterministic, so a resume recomputing it scores the same view)."""
+    cfg = run.config
+    if cfg.posterior.prior != "feature-knn" or not registry.get(cfg.selector.type).uses_posterior:
+        return None
+    from insight.policy.embeddings import prompt_embeddings
+
+    path = layout.features_path(run.run_dir, policy_round)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["prompt_ids"].astype(object), z["features"]
+    problems = load_problems_of(run, "train", db)
+    model, tok = _generation_policy(run, policy_checkpoint(run, policy_round, db))
+    feats = prompt_embeddings(model, tok, [p.model_input for p in problems],
+                              batch_size=32)
+    ids = np.array([p.prompt_id for p in problems], dtype=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, prompt_ids=ids, features=feats)
+    tmp.replace(path)
+    return ids.astype(object), feats
 
 
 def rollout(run: Run, round_: int, generate_rows: GenerateRows | None = None) -> dict:
@@ -324,7 +350,8 @@ def update_posterior(run: Run, round_: int) -> dict:
     """Conjugate update with every verified rollout of the round (kept or not: a
     discarded DAPO group is still evidence about its prompt)."""
     with RunStore(run.run_dir) as db:
-        state = SelectionState.load(db, run, posterior_round=round_ - 1, selector_round=round_)
+        state = SelectionState.load(db, run, posterior_round=round_ - 1, selector_round=round_,
+                                    for_update=True)
         outcomes = db.round_outcomes(run.run_id, round_)
         new = state.observe(outcomes)
         every = run.config.record.posterior_snapshot_every

@@ -67,6 +67,12 @@ def checkpoint_dir(run_dir: str | Path, round_: int) -> Path:
     return checkpoints_root(run_dir) / round_name(round_)
 
 
+def features_path(run_dir: str | Path, policy_round: int) -> Path:
+    """The feature prior's prompt features under the policy of `policy_round` (a cache:
+    rebuilt from that checkpoint when missing)."""
+    return Path(run_dir) / "cache" / "features" / f"{round_name(policy_round)}.npz"
+
+
 def plots_root(run_dir: str | Path) -> Path:
     """The run's plots: cumulative ones at the top, per-round ones in `round_NNNNN/`."""
     return Path(run_dir) / PLOTS_DIR

@@ -246,6 +246,22 @@ class RunStore:
                         "rollouts WHERE run_id = ? AND round < ? GROUP BY prompt_id",
                         [run_id, round_])
 
+    def outcomes_by_round_before(self, run_id: str, round_: int) -> pa.Table:
+        """(prompt_id, round, s, n): each prompt's successes and rollouts per round, for
+        every round before `round_` (the history time-aware forgetting weighs)."""
+        return self.sql("SELECT prompt_id, round, sum(success::INT)::DOUBLE AS s, "
+                        "count(*)::DOUBLE AS n FROM rollouts WHERE run_id = ? AND round < ? "
+                        "GROUP BY prompt_id, round ORDER BY round, prompt_id",
+                        [run_id, round_])
+
+    def prompt_groups(self, run_id: str, column: str) -> pa.Table:
+        """(prompt_id, grp): the training prompts' value of `column` (source or
+        difficulty), as text: the groups of the grouped empirical-Bayes prior."""
+        if column not in ("source", "difficulty"):
+            raise ValueError(f"prompts cannot be grouped by {column!r}; use source or difficulty")
+        return self.sql(f"SELECT prompt_id, CAST({column} AS VARCHAR) AS grp FROM prompts "
+                        "WHERE run_id = ? AND split = 'train' ORDER BY prompt_id", [run_id])
+
     def round_outcomes(self, run_id: str, round_: int) -> pa.Table:
         """(prompt_id, s, n) of one round's rollouts, kept or not, by prompt id."""
         return self.sql("SELECT prompt_id, sum(success::INT)::DOUBLE AS s, "

@@ -92,7 +92,8 @@ LABEL = "SIMULATION"
 DISCLAIMER = ("SIMULATION, not a measurement: a toy model of GRPO learning dynamics "
               "(see insight/report/simulate.py); no model was trained or evaluated.")
 
-POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior")
+POSTERIOR_KEYS = ("lam", "a0", "b0", "decay", "prior", "group_shrinkage", "half_life",
+                  "knn_neighbours", "feature_strength")
 DEFAULT_SELECTORS = ("insight", "mopps", "difficulty", "mi", "dynamic-sampling", "uniform")
 
 
@@ -120,6 +121,11 @@ class SimConfig:
     drift: float = 0.0             # per-round Normal(0, drift) walk of per-prompt offsets
     target_gains: tuple[float, ...] = (0.05, 0.10, 0.15, 0.20)  # targets = initial acc + gain
     targets: tuple[float, ...] | None = None  # absolute targets; override target_gains
+    n_groups: int = 0              # data labels for the grouped prior (0: none): quantile
+                                   # bins of x + Normal(0, group_noise), like MATH's levels
+    group_noise: float = 1.0       # how loosely a label tracks difficulty (logits)
+    feature_noise: float = 1.0     # the feature prior's "embedding": the prompt's shared-
+                                   # skill logit x + g(x) + a fixed Normal(0, feature_noise)
 
     def __post_init__(self):
         for name in ("n_prompts", "n_heldout", "batch_size", "k", "budget", "max_rounds"):
@@ -130,7 +136,9 @@ class SimConfig:
         for name in ("logit_std", "beta_a", "beta_b", "transfer_width"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SimConfig.{name} must be > 0")
-        for name in ("lr", "transfer_lr", "drift"):
+        if self.n_groups < 0:
+            raise ValueError(f"SimConfig.n_groups must be >= 0, got {self.n_groups}")
+        for name in ("lr", "transfer_lr", "drift", "group_noise", "feature_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
         if self.difficulty not in ("normal", "beta"):
@@ -166,7 +174,9 @@ def _fmt(v: Any) -> str:
 def posterior_params(variant: Variant) -> dict[str, Any]:
     """The variant's posterior settings over the defaults, validated (a bad value or an
     unknown key raises ValueError naming it)."""
-    p = {"lam": 1.0, "a0": 1.0, "b0": 1.0, "decay": "observed", "prior": "fixed"}
+    p = {"lam": 1.0, "a0": 1.0, "b0": 1.0, "decay": "observed", "prior": "fixed",
+         "group_shrinkage": 20.0, "half_life": None, "knn_neighbours": 16,
+         "feature_strength": 4.0}
     unknown = set(variant.posterior) - set(p)
     if unknown:
         raise ValueError(f"unknown posterior parameter(s) {sorted(unknown)}; "
@@ -176,8 +186,16 @@ def posterior_params(variant: Variant) -> dict[str, Any]:
         raise ValueError(f"lam must be in (0, 1], got {p['lam']}")
     if float(p["a0"]) <= 0 or float(p["b0"]) <= 0:
         raise ValueError("a0 and b0 must be > 0")
-    if p["prior"] not in ("fixed", "empirical-bayes"):
-        raise ValueError(f"prior must be 'fixed' or 'empirical-bayes', got {p['prior']!r}")
+    from insight.selection.views import PRIORS
+    if p["prior"] not in PRIORS:
+        raise ValueError(f"prior must be one of {list(PRIORS)}, got {p['prior']!r}")
+    if float(p["group_shrinkage"]) < 0:
+        raise ValueError(f"group_shrinkage must be >= 0, got {p['group_shrinkage']}")
+    if p["half_life"] is not None:
+        from insight.selection.forgetting import check_half_life
+        check_half_life(p["half_life"])
+        if float(p["lam"]) != 1.0:
+            raise ValueError("half_life and lam < 1 both forget; use lam 1 with half_life")
     if p["decay"] not in ("observed", "all"):
         raise ValueError(f"decay must be 'observed' or 'all', got {p['decay']!r}")
     return p
@@ -230,6 +248,22 @@ class World:
         self.grid = np.arange(lo, hi + self.GRID_STEP, self.GRID_STEP)
         self.g_grid = np.zeros_like(self.grid)
         self.offset = np.zeros(sim.n_prompts)
+        self.groups = self._group_labels(seed) if sim.n_groups else None
+        self.feature_eps = np.random.default_rng(np.random.SeedSequence([seed, 13])).normal(
+            0.0, sim.feature_noise, sim.n_prompts)
+
+    def features(self) -> np.ndarray:
+        """What the current policy "sees" of each prompt: its logit under the shared skill
+        (what generalises, not the per-prompt offset) blurred by fixed noise."""
+        return self.x_train + self.skill(self.x_train) + self.feature_eps
+
+    def _group_labels(self, seed: int) -> np.ndarray:
+        """Level labels 1..n_groups: quantile bins of a noisy copy of the difficulty (a
+        stream of its own, so the world is the same with or without labels)."""
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 12]))
+        noisy = -self.x_train + rng.normal(0.0, self.sim.group_noise, self.x_train.shape)
+        edges = np.quantile(noisy, np.linspace(0, 1, self.sim.n_groups + 1)[1:-1])
+        return np.searchsorted(edges, noisy).astype(np.int64) + 1
 
     def skill(self, x: np.ndarray) -> np.ndarray:
         return np.interp(x, self.grid, self.g_grid)
@@ -340,6 +374,7 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
     from insight.selection.dapo import generation_batches
     from insight.selection.posterior import PosteriorState
     from insight.selection.registry import get as selector_spec, make_selector
+    from insight.selection.views import selection_view
 
     post_cfg = posterior_params(variant)
     selector_cfg = build_selector_config(variant.selector)
@@ -355,7 +390,13 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
     post = PosteriorState.new(ids, a0=a0, b0=b0)
     cum_s = np.zeros(n)
     cum_n = np.zeros(n)
-    empirical_bayes = post_cfg["prior"] == "empirical-bayes"
+    prior = post_cfg["prior"]
+    if prior == "grouped-empirical-bayes" and sim.n_groups == 0:
+        raise ValueError("prior grouped-empirical-bayes needs labelled prompts: "
+                         "set n_groups > 0 (--n-groups)")
+    half_life = post_cfg["half_life"]
+    rho = 0.5 ** (1.0 / float(half_life)) if half_life is not None else 1.0
+    dec_s, dec_n = np.zeros(n), np.zeros(n)
     drift_rng = np.random.default_rng(np.random.SeedSequence([seed, 33]))
 
     acc0 = world.heldout_accuracy()
@@ -379,7 +420,13 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
     while consumed < sim.budget and round_ < sim.max_rounds:
         round_ += 1
         p = world.p_train()
-        view = _eb_view(post, cum_s, cum_n) if empirical_bayes else post
+        view = selection_view(
+            post, prior=prior, successes=cum_s, trials=cum_n, groups=world.groups,
+            shrinkage=float(post_cfg["group_shrinkage"]),
+            decayed=(dec_s, dec_n) if half_life is not None else None,
+            features=world.features() if prior == "feature-knn" else None,
+            neighbours=int(post_cfg["knn_neighbours"]),
+            strength=float(post_cfg["feature_strength"])).posterior
         n_before = post.alpha + post.beta  # posterior concentration before this round
         timer = {"select": 0.0}
 
@@ -420,6 +467,11 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
         selector.observe(ids[g_idx], g_s.astype(float), trials)
         np.add.at(cum_s, g_idx, g_s)
         np.add.at(cum_n, g_idx, k)
+        if half_life is not None:  # forgetting.decayed_counts, kept incrementally
+            dec_s *= rho
+            dec_n *= rho
+            np.add.at(dec_s, g_idx, g_s)
+            np.add.at(dec_n, g_idx, k)
 
         zero = (g_s == 0) | (g_s == k)
         curves["rollouts"].append(consumed)
@@ -464,11 +516,3 @@ def _run_simulation(sim: SimConfig, variant: Variant, seed: int) -> dict[str, An
     return {"label": LABEL, "variant": variant.name, "selector": variant.selector,
             "posterior": variant.posterior, "type": variant.type, "seed": seed,
             "summary": summary, "curves": curves}
-
-
-def _eb_view(post, cum_s: np.ndarray, cum_n: np.ndarray):
-    """Empirical-Bayes prior for never-observed prompts: the pipeline's rule
-    (insight.selection.prior.with_fitted_prior_for_unseen) on the totals so far."""
-    from insight.selection.prior import with_fitted_prior_for_unseen
-    return with_fitted_prior_for_unseen(post, cum_s, cum_n)
-

@@ -39,6 +39,13 @@ class _WeightFields(_Strict):
 class InsightConfig(_PoolFields, _WeightFields):
     """InSight: weighted mutual information w(m) * I_k(a, b) at the posterior mean."""
     type: Literal["insight"] = Field("insight", description="Selector name.")
+    objective: Literal["mi", "mixed", "mi+mixed"] = Field("mi", description=(
+        "mi: w(m) I_k (the paper). mixed: P(0 < s < k), the Beta-Binomial predictive chance "
+        "that the group carries a gradient (exploitation). mi+mixed: w(m) I_k + "
+        "mixed_weight * P(0 < s < k): revisits known informative prompts when that pays "
+        "(extension beyond the paper)."))
+    mixed_weight: float = Field(1.0, ge=0, description=(
+        "Weight of P(0 < s < k) in objective mi+mixed (I_k is in nats, at most log(k+1))."))
 
 
 class InsightSampledConfig(_PoolFields, _WeightFields):

@@ -66,8 +66,6 @@ def fit_beta_binomial(successes, trials, *, min_param: float = MIN_PARAM,
     ``successes`` may be fractional; prompts with ``trials == 0`` are ignored. Needs at
     least two prompts with trials > 0. Bad input raises ValueError (see posterior).
     """
-    from scipy.optimize import minimize
-
     s, t = validate_outcomes(successes, trials)
     if not (0 < min_param < max_param):
         raise ValueError(f"need 0 < min_param < max_param, got {min_param}, {max_param}")
@@ -88,6 +86,18 @@ def fit_beta_binomial(successes, trials, *, min_param: float = MIN_PARAM,
     kappa = float(np.clip(kappa, 1.0, 100.0))
     lo, hi = np.log(min_param), np.log(max_param)
     x0 = np.clip(np.log([m * kappa, (1 - m) * kappa]), lo, hi)
+    return fit_weighted_pairs(su, fu, w, x0, n_prompts=int(len(s)), min_param=min_param,
+                              max_param=max_param)
+
+
+def fit_weighted_pairs(su, fu, w, x0, *, n_prompts: int, min_param: float = MIN_PARAM,
+                       max_param: float = MAX_PARAM) -> BetaBinomialFit:
+    """The maximum of sum_j w_j log BB(su_j, fu_j | a0, b0) over the box, started at ``x0``
+    = (log a0, log b0): the optimiser behind ``fit_beta_binomial``, also used by the
+    grouped prior (insight/selection/group_prior.py), whose weights include pseudo-prompts."""
+    from scipy.optimize import minimize
+
+    lo, hi = np.log(min_param), np.log(max_param)
     total = float(w.sum())
 
     def fun(theta):
@@ -104,7 +114,7 @@ def fit_beta_binomial(successes, trials, *, min_param: float = MIN_PARAM,
     # fit is converged when the (projected) gradient of the mean log-likelihood vanishes
     free = ~(np.isclose(res.x, lo, atol=1e-6) | np.isclose(res.x, hi, atol=1e-6))
     small_grad = bool(np.all(np.abs(grad[free] / total) < 1e-6))
-    return BetaBinomialFit(a0=a0, b0=b0, n_prompts=int(len(s)), log_likelihood=float(ll),
+    return BetaBinomialFit(a0=a0, b0=b0, n_prompts=n_prompts, log_likelihood=float(ll),
                            converged=bool(res.success) or small_grad, at_bound=at_bound,
                            message=str(res.message))
 

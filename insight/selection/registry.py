@@ -13,7 +13,8 @@ scores.py (and a config class in configs.py), one entry below, one test.
 =====================  =============================================================
 name                   rule (score, higher is better)
 =====================  =============================================================
-``insight``            w(m) * I_k(a, b) at the posterior mean m (the method)
+``insight``            w(m) * I_k(a, b) at the posterior mean m (the method); with
+                       ``objective`` mixed / mi+mixed also P(0 < s < k) (extension)
 ``insight-sampled``    w(p) * I_k(a, b) with a Thompson draw p ~ Beta(a, b) (ablation)
 ``mi``                 I_k(a, b) alone
 ``difficulty``         -(m - tau)^2: closeness of the mean to a target
@@ -68,7 +69,7 @@ _WEIGHT_PARAMS = ("weight", "gamma", "tau", "sigma")
 
 _SPECS = (
     SelectorSpec("insight", configs.InsightConfig, scores.score_insight, ScoringSelector,
-                 params=_WEIGHT_PARAMS, uses_mi=True),
+                 params=_WEIGHT_PARAMS + ("objective", "mixed_weight"), uses_mi=True),
     SelectorSpec("insight-sampled", configs.InsightSampledConfig,
                  scores.score_insight_sampled, ScoringSelector, params=_WEIGHT_PARAMS,
                  stochastic=True, uses_mi=True),

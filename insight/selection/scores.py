@@ -26,6 +26,7 @@ from insight.selection.validate import (as_float_array, check_supported_range, d
                                         validate_alpha_beta, validate_k)
 
 WEIGHTS: tuple[str, ...] = ("power", "gaussian")
+OBJECTIVES: tuple[str, ...] = ("mi", "mixed", "mi+mixed")
 
 DEFAULT_GAMMA = 1.0
 DEFAULT_TAU = 0.5
@@ -55,8 +56,21 @@ def _check_sigma(sigma) -> None:
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
 
 
+def _check_objective(objective) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+
+
+def _check_mixed_weight(mixed_weight) -> None:
+    if isinstance(mixed_weight, bool) or not (isinstance(mixed_weight, (int, float))
+                                              and math.isfinite(mixed_weight)
+                                              and mixed_weight >= 0):
+        raise ValueError(f"mixed_weight must be a finite number >= 0, got {mixed_weight!r}")
+
+
 PARAM_CHECKS = {"weight": _check_weight, "gamma": _check_gamma, "tau": _check_tau,
-                "sigma": _check_sigma}
+                "sigma": _check_sigma, "objective": _check_objective,
+                "mixed_weight": _check_mixed_weight}
 
 
 def check_score_params(params: dict[str, Any]) -> None:
@@ -115,6 +129,23 @@ def evidence_factor(alpha, beta, k) -> np.ndarray:
     return kk / ((n + 1.0) * (n + kk))
 
 
+def mixed_probability(alpha, beta, k) -> np.ndarray:
+    """P(0 < s < k) for s ~ Beta-Binomial(k, a, b): the predictive chance that the next k
+    rollouts of the prompt come back mixed, i.e. carry a GRPO gradient. Closed form:
+    1 - B(a, b + k) / B(a, b) - B(a + k, b) / B(a, b)."""
+    a, b = validate_alpha_beta(alpha, beta)
+    kk = np.asarray(validate_k(k, a.size if np.ndim(k) else None), dtype=np.float64)
+    return _mixed_unchecked(np.atleast_1d(a), np.atleast_1d(b), kk).reshape(np.shape(a))
+
+
+def _mixed_unchecked(a: np.ndarray, b: np.ndarray, k) -> np.ndarray:
+    from scipy.special import betaln
+
+    base = betaln(a, b)
+    p = 1.0 - np.exp(betaln(a, b + k) - base) - np.exp(betaln(a + k, b) - base)
+    return np.clip(p, 0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------
 # per-selector score functions
 # --------------------------------------------------------------------------------------
@@ -143,10 +174,20 @@ class Scored:
 
 
 def score_insight(c: Candidates, *, weight: str = "power", gamma: float = DEFAULT_GAMMA,
-                  tau: float = DEFAULT_TAU, sigma: float = DEFAULT_SIGMA) -> Scored:
-    """InSight: w(m) * I_k at the posterior mean m."""
+                  tau: float = DEFAULT_TAU, sigma: float = DEFAULT_SIGMA,
+                  objective: str = "mi", mixed_weight: float = 1.0) -> Scored:
+    """InSight: w(m) * I_k at the posterior mean m (``objective="mi"``, the paper).
+
+    ``mixed``: P(0 < s < k) under the Beta-Binomial predictive (exploitation: the chance
+    the group carries a gradient). ``mi+mixed``: w(m) I_k + mixed_weight * P(0 < s < k),
+    so a known informative prompt can outrank an unseen one (whose I_k is maximal)."""
     w = _weight_unchecked(c.mean, weight, gamma, tau, sigma)
-    return Scored(w * c.mi, weight=w)
+    if objective == "mi":
+        return Scored(w * c.mi, weight=w)
+    mixed = _mixed_unchecked(c.alpha, c.beta, c.k)
+    if objective == "mixed":
+        return Scored(mixed)
+    return Scored(w * c.mi + mixed_weight * mixed, weight=w)
 
 
 def score_insight_sampled(c: Candidates, *, weight: str = "power",
