@@ -28,6 +28,9 @@ Measured on the shared 2-core machine: the 60-round comparison of docs/benchmark
 once started (startup ~45 s: Prefect server, torch import in each worker).
 ``configs/bench-mixed.yaml`` is a second setting whose pool holds prompts the policy
 never solves (docs/benchmarks.md section 1b; 80 rounds took 40 min).
+``configs/bench-wide.yaml`` is the large-pool setting (section 1e): B = 16 from 2,048
+prompts, one shared evaluation draw seed; run it with 5 seeds or more, since
+``results.json`` carries bootstrap intervals over seeds (``insight.report.bench_power``).
 """
 
 from __future__ import annotations

@@ -245,6 +245,11 @@ class EvalConfig(_Strict):
     n_samples: int = Field(4, ge=1, description="Samples per held-out prompt (avg@n accuracy).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the evaluation.")
     greedy: bool = Field(True, description="Also report greedy accuracy.")
+    seed: int | None = Field(None, description=(
+        "Seed of the sampled evaluation's draws. None: derived from the run seed (each "
+        "run draws its own samples, the same ones at every evaluation). A number: every "
+        "run with this eval set and seed draws the same samples, so seeds and selectors "
+        "differ by their policies, not by evaluation noise (benchmarks set it)."))
 
 
 class TrackingConfig(_Strict):

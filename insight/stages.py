@@ -421,6 +421,12 @@ def evaluate(run: Run, round_: int, *, force: bool = False) -> dict:
         return _evaluate(run, round_, db)
 
 
+def _eval_seed(cfg) -> int:
+    """The sampled evaluation's seed: the config's shared one, else the run's own."""
+    run_seed = cfg.seed if cfg.eval.seed is None else cfg.eval.seed
+    return stage_seed(run_seed, 0, EVALUATE)
+
+
 def _evaluate(run: Run, round_: int, db: RunStore) -> dict:
     cfg = run.config
     ckpt = policy_checkpoint(run, 0) if round_ == 0 else str(checkpoint_dir(run, round_))
@@ -435,7 +441,7 @@ def _evaluate(run: Run, round_: int, db: RunStore) -> dict:
         engine, held_out, n_samples=cfg.eval.n_samples, temperature=cfg.eval.temperature,
         # The same draws every round (common random numbers): the accuracy change
         # between rounds measures the policy, not a new sample of sampling noise.
-        seed=stage_seed(cfg.seed, 0, EVALUATE), **common)
+        seed=_eval_seed(cfg), **common)
     out = {"heldout_accuracy": float(res["accuracy"])}
     if cfg.eval.greedy:
         g = generation.engine_accuracy(engine, held_out, greedy=True, **common)

@@ -82,6 +82,14 @@ def test_results_json_has_every_figure_per_selector(bench):
         levels = e["groups_by_difficulty"]
         assert levels and sum(x["share"] for x in levels) == pytest.approx(1.0)
         assert all(0.0 <= x["all_fail"] <= 1.0 for x in levels)
+        # bootstrap intervals: a missed target is censored at the run's budget, and counted
+        ci = e["rollouts_to_target_ci"]
+        assert ci["n_seeds"] == 1 and ci["n_censored"] == int(not reached)
+        assert ci["value"] == (e["rollouts_to_target"] if reached else 2 * K * B)
+        assert e["auc_ci"]["value"] == pytest.approx(e["auc"]["mean"])
+    assert set(res["selectors"]["insight"]["speedup_vs"]) == {"uniform"}
+    assert "ceiling_share" not in res["selectors"]["insight"]  # no dynamic-sampling run
+    assert res["intervals"]["method"].startswith("percentile bootstrap")
     runs = {r["selector"]: r for r in res["runs"]}
     # same seed, same policy, same held-out prompts: the same starting point
     assert runs["insight"]["initial_accuracy"] == runs["uniform"]["initial_accuracy"]

@@ -64,3 +64,14 @@ def test_relative_policy_paths_resolve_against_the_repository():
     assert cfg.resolved_policy_path() == REPO_ROOT / "checkpoints" / "tiny-arith"
     cfg = config_from_dict({"policy": {"path": "/abs/model"}})
     assert cfg.resolved_policy_path() == Path("/abs/model")
+
+
+def test_eval_seed_defaults_to_the_run_seed_and_a_shared_one_is_the_same_for_every_run():
+    from insight.stages import _eval_seed
+    a, b = config_from_dict({"seed": 0}), config_from_dict({"seed": 1})
+    assert a.eval.seed is None
+    assert _eval_seed(a) != _eval_seed(b)  # today's behaviour: each run its own draws
+    sa = config_from_dict({"seed": 0, "eval": {"seed": 7}})
+    sb = config_from_dict({"seed": 1, "eval": {"seed": 7}})
+    assert _eval_seed(sa) == _eval_seed(sb) == _eval_seed(config_from_dict({"seed": 7}))
+    assert a.identity_hash() != sa.identity_hash()  # a resume cannot change the draws

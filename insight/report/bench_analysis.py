@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from insight.report import bench_power as bp
+
 DEFAULT_TARGETS = ("+0.05", "+0.10", "+0.15")
 DEFAULT_MAIN_TARGET = "+0.10"
 
@@ -314,7 +316,9 @@ def groups_by_difficulty(runs: Sequence[dict]) -> list[dict]:
 
 def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARGETS,
             main_target: str | Target = DEFAULT_MAIN_TARGET, baseline: str | None = "uniform",
-            selectors: Sequence[str] | None = None) -> dict:
+            selectors: Sequence[str] | None = None, *, ceiling: str = "dynamic-sampling",
+            ci_level: float = bp.DEFAULT_LEVEL, n_boot: int = bp.DEFAULT_N_BOOT,
+            boot_seed: int = bp.DEFAULT_BOOT_SEED) -> dict:
     """Aggregate finished runs per selector.
 
     A run record is a dict: ``selector``, ``seed``, ``evals`` (list of ``{"round",
@@ -323,6 +327,10 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
     ``rollouts``, ``zero_adv_share``, ``all_fail_share``, ``all_success_share``,
     ``extra_rollouts``, ``seconds_select``, ``seconds_round``), optional ``run_dir`` and
     ``wall_seconds``.
+
+    Bootstrap intervals over seeds (`insight.report.bench_power`, a missed target
+    censored at the run's budget) on rollouts to the main target, AUC, the speedup over
+    `baseline` and MoPPS, and the share of the per-step ceiling (`ceiling`'s rounds).
     """
     if not runs:
         raise ValueError("no finished runs to analyze")
@@ -391,6 +399,9 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
         entry["speedup_vs_baseline"] = _ratio(base["rollouts_to_target"] if base else None,
                                               entry["rollouts_to_target"])
 
+    intervals = bp.add_intervals(results, by_sel, main.label, baseline, ceiling,
+                                 level=ci_level, n_boot=n_boot, seed=boot_seed)
+
     seeds0: dict = {}
     for r in per_run:
         seeds0.setdefault(r["seed"], set()).add(round(r["initial_accuracy"], 9))
@@ -401,6 +412,7 @@ def analyze(runs: Sequence[dict], targets: Sequence[str | Target] = DEFAULT_TARG
         "main_target": main.label,
         "main_target_level": levels[main.label],
         "crossing_method": "interpolate (first crossing, linear between evaluations)",
+        "intervals": intervals,
         "budget_rollouts": budget,
         "baseline": baseline if base else None,
         "selectors": results,
@@ -534,6 +546,7 @@ def to_markdown(res: dict, title: str = "Selector comparison") -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += _spend_table(sels, [main, *other])
     lines += _difficulty_table(sels)
+    lines += bp.intervals_table(res)
     lines.append("")
     lines.append("Per seed, rollouts to the main target (— = not reached within the run):")
     lines.append("")
