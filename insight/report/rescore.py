@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from insight.config import RunConfig, config_from_dict
 from insight.record import compact, layout
@@ -80,8 +81,7 @@ class PosteriorHistory:
         self._round: int | None = None
         self._post: PosteriorState | None = None
         self._totals: tuple[int, np.ndarray, np.ndarray] | None = None  # through round
-        self._by_round: dict[int, tuple[list, list, list]] = {}  # round -> ids, s, n
-        self._read_through = -1
+        self._by_round: dict[int, pa.Table] = {}  # round -> (round, prompt_id, s, n)
         self._group_labels: tuple[list, list] | None = None
 
     def after(self, round_: int) -> PosteriorState:
@@ -120,47 +120,37 @@ class PosteriorHistory:
                              "snapshot")
         return PosteriorState.from_arrow(t)
 
-    def _load_outcomes(self, round_: int) -> None:
-        """Read the per-round outcomes of the rounds up to `round_` not read yet (one
-        scan of their rollouts files)."""
-        todo = [r for r in self.view.rounds if self._read_through < r <= round_]
+    def _outcomes(self, round_: int, after: int = -1) -> list[pa.Table]:
+        """(round, prompt_id, s, n) of each round in (after, round_], in round order; the
+        rounds not read before are read in one scan of their rollouts files."""
+        todo = [r for r in self.view.rounds if r <= round_ and r not in self._by_round]
         if todo:
             t = success_counts_by_round(self.view, todo)
             for r in todo:
-                self._by_round[r] = ([], [], [])
-            for r, pid, s, n in zip(*(t[c].to_pylist() for c in ("round", "prompt_id", "s", "n"))):
-                rows = self._by_round[r]
-                rows[0].append(pid), rows[1].append(s), rows[2].append(n)
-        self._read_through = max(self._read_through, round_)
+                self._by_round[r] = t.filter(pc.equal(t["round"], r))
+        return [self._by_round[r] for r in sorted(self._by_round) if after < r <= round_]
 
     def _totals_through(self, round_: int, post: PosteriorState):
         """Successes and rollouts of every prompt in rounds <= round_, aligned with
         `post`; kept across calls so a walk in round order adds each round once."""
-        self._load_outcomes(round_)
         if self._totals is not None and self._totals[0] <= round_:
             done, s, n = self._totals
         else:
             done, s, n = -1, np.zeros(len(post)), np.zeros(len(post))
         s, n = s.copy(), n.copy()
-        for r in sorted(r for r in self._by_round if done < r <= round_):
-            ids, rs, rn = self._by_round[r]
-            idx = post.index_of(np.asarray(ids, dtype=object))
-            np.add.at(s, idx, np.asarray(rs, dtype=np.float64))
-            np.add.at(n, idx, np.asarray(rn, dtype=np.float64))
+        for t in self._outcomes(round_, after=done):
+            idx = post.index_of(np.asarray(t["prompt_id"].to_pylist(), dtype=object))
+            np.add.at(s, idx, np.asarray(t["s"]))
+            np.add.at(n, idx, np.asarray(t["n"]))
         self._totals = (round_, s, n)
         return s, n
 
     def _history_through(self, round_: int):
         """(prompt ids, round, s, n): one row per prompt and round <= round_, in round
-        order, the history time-aware forgetting weighs."""
-        self._load_outcomes(round_)
-        rounds = sorted(r for r in self._by_round if r <= round_)
-        rows = [self._by_round[r] for r in rounds]
-        return ([p for ids, _, _ in rows for p in ids],
-                np.concatenate([np.full(len(ids), r, np.int64)
-                                for r, (ids, _, _) in zip(rounds, rows)] or [np.zeros(0)]),
-                np.asarray([x for _, s, _ in rows for x in s], dtype=np.float64),
-                np.asarray([x for _, _, n in rows for x in n], dtype=np.float64))
+        order: the history time-aware forgetting weighs."""
+        t = pa.concat_tables(self._outcomes(round_))
+        return (t["prompt_id"].to_pylist(), np.asarray(t["round"]), np.asarray(t["s"]),
+                np.asarray(t["n"]))
 
     def _groups(self, column: str):
         if self._group_labels is None:
