@@ -20,8 +20,7 @@ import pyarrow as pa
 from insight.record.run import Run
 from insight.record.store import RunStore
 from insight.selection.posterior import PosteriorState
-from insight.selection.forgetting import decayed_counts
-from insight.selection.views import selection_view
+from insight.selection.views import view_of_record
 from insight.selection.registry import make_selector
 from insight.selection.selectors import Selection, Selector
 
@@ -99,41 +98,24 @@ def _posterior_view(db: RunStore, run: Run, round_: int, *, scoring: bool,
         raise RuntimeError(f"no posterior snapshot for round {round_} in {run.run_dir}")
     post = PosteriorState.from_arrow(t)
     cfg = run.config.posterior
-    forget = cfg.half_life is not None and scoring
-    if cfg.prior == "fixed" and not forget:
-        return post
-    if cfg.prior == "feature-knn" and (not scoring or features is None):
-        # a view for scoring only: the update keeps the stored Beta(a0, b0) posterior,
-        # and a selector that ignores the posterior (uniform, DAPO refills) gets no features
-        return post
+
     # Extensions beyond the paper (insight/selection/views.py): a fitted prior for
     # never-observed prompts (population or per group), and age-weighted evidence.
-    totals = db.outcome_totals_before(run.run_id, round_ + 1)
-    idx = post.index_of(np.asarray(totals["prompt_id"].to_pylist(), dtype=object))
-    successes, trials = np.zeros(len(post)), np.zeros(len(post))
-    successes[idx], trials[idx] = np.asarray(totals["s"]), np.asarray(totals["n"])
-    decayed = None
-    if forget:
-        hist = db.outcomes_by_round_before(run.run_id, round_ + 1)
-        pos = post.index_of(np.asarray(hist["prompt_id"].to_pylist(), dtype=object))
-        decayed = decayed_counts(pos, np.asarray(hist["round"]), np.asarray(hist["s"]),
-                                 np.asarray(hist["n"]), size=len(post), now=round_,
-                                 half_life=cfg.half_life)
-    groups = None
-    if cfg.prior == "grouped-empirical-bayes":
+    def totals():
+        t = db.outcome_totals_before(run.run_id, round_ + 1)
+        return t["prompt_id"].to_pylist(), np.asarray(t["s"]), np.asarray(t["n"])
+
+    def by_round():
+        h = db.outcomes_by_round_before(run.run_id, round_ + 1)
+        return (h["prompt_id"].to_pylist(), np.asarray(h["round"]), np.asarray(h["s"]),
+                np.asarray(h["n"]))
+
+    def groups():
         g = db.prompt_groups(run.run_id, run.config.data.group_field)
-        groups = np.full(len(post), "", dtype=object)
-        groups[post.index_of(np.asarray(g["prompt_id"].to_pylist(), dtype=object))] = \
-            np.asarray(g["grp"].to_pylist(), dtype=object)
-    feats = None
-    if cfg.prior == "feature-knn":
-        ids, arr = features
-        feats = np.empty((len(post), arr.shape[1]))
-        feats[post.index_of(np.asarray(ids, dtype=object))] = arr
-    view = selection_view(post, prior=cfg.prior, successes=successes, trials=trials,
-                          groups=groups, shrinkage=cfg.group_shrinkage, decayed=decayed,
-                          features=feats, neighbours=cfg.knn_neighbours,
-                          strength=cfg.feature_strength)
+        return g["prompt_id"].to_pylist(), g["grp"].to_pylist()
+
+    view = view_of_record(post, cfg, now=round_, scoring=scoring, totals=totals,
+                          by_round=by_round, groups=groups, features=features)
     if view.priors and scoring:
         _log.info("round %d scored under prior(s) {group: [a0, b0, prompts, observed]}: %s",
                   round_ + 1, view.priors)

@@ -223,3 +223,99 @@ def test_the_compact_selection_rows_are_the_selected_and_the_margin_below_the_cu
     assert compact.selection_rows_to_store(t, wider)["prompt_id"].to_pylist() == \
         ["a", "b", "c", "d"]
     assert compact.selection_rows_to_store(t, RunConfig().record) is t
+
+
+# --- the view under the prior options (issue 12 item 3) -------------------------------
+# Re-scoring builds a round's view with the pipeline's own rule (views.view_of_record):
+# a grouped empirical-Bayes prior with forgetting and the mixed objective (full and
+# compact record), and the feature prior read from the run's feature cache.
+GROUPED = {"data": {"group_field": "difficulty"},
+           "posterior": {"prior": "grouped-empirical-bayes", "half_life": 2.0},
+           "selector": {"type": "insight", "objective": "mi+mixed", "mixed_weight": 2.0}}
+FEATURE = {"posterior": {"prior": "feature-knn", "knn_neighbours": 3}}
+
+
+@pytest.fixture(scope="module")
+def option_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay_options")
+    return (_build(root / "grouped", **GROUPED),
+            _build(root / "grouped_compact", record=COMPACT, **GROUPED),
+            _build(root / "feature", **FEATURE))
+
+
+def _own_selector(run):
+    fields = run.config.selector.model_dump(mode="json")
+    return fields.pop("type"), fields
+
+
+def _recorded_view(run, round_):
+    """prompt_id -> (alpha, beta) every candidate of a full-record round was scored at."""
+    return dict((p, (a, b)) for p, a, b in _rows(
+        run, f"SELECT prompt_id, alpha, beta FROM selections WHERE round = {round_}"))
+
+
+def _rebuilt_view(run, round_, *, stored=False):
+    from insight.record.published import with_view
+    from insight.report.rescore import PosteriorHistory, RecordedRun
+
+    def rebuild(view):
+        history = PosteriorHistory(view, RecordedRun.read(view))
+        post = history.after(round_ - 1) if stored else history.before(round_)
+        return dict(zip(post.prompt_ids, zip(post.alpha.tolist(), post.beta.tolist())))
+    return with_view(run.run_dir, None, rebuild)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", [0, 2], ids=["grouped+forgetting+mi+mixed", "feature-knn"])
+def test_replay_under_a_prior_option_reproduces_every_recorded_pick(option_runs, which):
+    run = option_runs[which]
+    name, fields = _own_selector(run)
+    result = replay(run.run_dir, name, fields)
+    assert result["selector"]["objective"] == run.config.selector.objective
+    for row in result["rounds"]:
+        assert row["overlap"] == row["n_picked"] == row["n_replayed"] == B, row["round"]
+        assert row["replayed"] == row["picked"]
+    assert result["summary"]["identical_rounds"] == ROUNDS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", [0, 2], ids=["grouped+forgetting", "feature-knn"])
+def test_the_rebuilt_view_is_the_one_each_round_was_scored_at_not_the_stored_posterior(
+        option_runs, which):
+    run = option_runs[which]
+    for r in range(2, ROUNDS + 1):
+        recorded = _recorded_view(run, r)
+        assert _rebuilt_view(run, r) == recorded, r          # bit for bit
+        assert _rebuilt_view(run, r, stored=True) != recorded, r  # the options mattered
+
+
+@pytest.mark.slow
+def test_the_audit_of_a_compact_grouped_record_lists_the_full_records_candidates(
+        option_runs, capsys):
+    full, small, _ = option_runs
+    for r in range(1, ROUNDS + 1):
+        a, b = audit.round_candidates(full.run_dir, r), audit.round_candidates(small.run_dir, r)
+        assert a.num_rows == N_TRAIN and a.equals(b), r
+    printed = []
+    for run in (full, small):
+        assert cli_main(["audit", "--run-dir", str(run.run_dir), "--round", "3",
+                         "--format", "json"]) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert printed[0]["candidates"] == N_TRAIN
+    for key in ("candidates", "selected", "rows"):      # same prompts, scores and ranks
+        assert printed[0][key] == printed[1][key], key
+
+
+@pytest.mark.slow
+def test_a_missing_feature_cache_is_refused_in_one_line_naming_the_file(option_runs,
+                                                                         tmp_path, capsys):
+    import shutil
+
+    from insight.record import layout
+    copy = tmp_path / "run"
+    shutil.copytree(option_runs[2].run_dir, copy)
+    missing = layout.features_path(copy, 1)
+    missing.unlink()
+    assert cli_main(["replay", "--run-dir", str(copy), "--selector", "insight"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(missing) in err and "round 2" in err

@@ -261,12 +261,23 @@ def selector_state_json(view: RunView, round_: int) -> str | None:
                        "LIMIT 1")
 
 
-def round_success_counts(view: RunView, rounds: Iterable[int]) -> pa.Table:
-    """(prompt_id, s, n) over the rollouts of `rounds`, kept or not: the evidence the
-    posterior and the empirical-Bayes prior are fitted from."""
-    return view.sql("SELECT prompt_id, sum(success::INT)::DOUBLE AS s, "
+def success_counts_by_round(view: RunView, rounds: Iterable[int]) -> pa.Table:
+    """(round, prompt_id, s, n) over the rollouts of `rounds`, kept or not, one row per
+    prompt and round in round and prompt order: the evidence the priors are fitted from,
+    and the history time-aware forgetting weighs (as `RunStore.outcomes_by_round_before`)."""
+    return view.sql("SELECT round, prompt_id, sum(success::INT)::DOUBLE AS s, "
                     f"count(*)::DOUBLE AS n FROM {view.scan('rollouts', list(rounds))} "
-                    "GROUP BY prompt_id ORDER BY prompt_id")
+                    "GROUP BY round, prompt_id ORDER BY round, prompt_id")
+
+
+def prompt_groups(view: RunView, column: str) -> pa.Table:
+    """(prompt_id, grp): the training prompts' value of `column` (source or difficulty)
+    as text, from the published prompts table: the grouped empirical-Bayes prior's groups
+    (as `RunStore.prompt_groups`)."""
+    if column not in ("source", "difficulty"):
+        raise ValueError(f"prompts cannot be grouped by {column!r}; use source or difficulty")
+    return view.sql(f"SELECT prompt_id, CAST({column} AS VARCHAR) AS grp FROM prompts "
+                    "WHERE split = 'train' ORDER BY prompt_id")
 
 
 def round_groups(view: RunView, rounds: Iterable[int]) -> pa.Table:

@@ -10,9 +10,12 @@ recomputes them here, and `insight replay` scores the same inputs with another s
 Everything is read from the published Parquet (`insight.record.published`), never from
 `insight.duckdb`, so both work while a run trains. The posterior is rebuilt the way the
 store rebuilds it (`RunStore.posterior_snapshot`): the full snapshot at or before the
-round, overwritten by the deltas after it (`insight.record.compact`); with
-`posterior.prior: empirical-bayes` unseen prompts get the prior fitted to the outcomes
-before the round, as the select stage does (`round_state._posterior_view`).
+round, overwritten by the deltas after it (`insight.record.compact`). The view the round
+scored (the run's prior option and forgetting) is then built by the pipeline's one rule
+(`insight.selection.views.view_of_record`, as `round_state._posterior_view` does) from
+the published outcomes by round, the published prompts' group column and, for the
+feature prior, the run's per-checkpoint feature cache (`layout.features_path`), which a
+report never recomputes.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from insight.config import RunConfig, config_from_dict
-from insight.record import compact
-from insight.record.published import (RunView, posterior_rows, round_success_counts,
-                                      run_row, selector_state_json, stored_selections)
+from insight.record import compact, layout
+from insight.record.published import (RunView, posterior_rows, prompt_groups, run_row,
+                                      selector_state_json, stored_selections,
+                                      success_counts_by_round)
 from insight.record.run import SELECT, stage_seed
 from insight.selection.posterior import PosteriorState
-from insight.selection.prior import with_fitted_prior_for_unseen
-from insight.selection.registry import make_selector
+from insight.selection.registry import get, make_selector
 from insight.selection.selectors import Selector
+from insight.selection.views import view_of_record
 
 # The columns a recomputed candidate row carries, in the store's order (schema.py).
 SELECTION_COLUMNS = ("run_id", "round", "prompt_id", "selector", "score", "mi", "weight",
@@ -76,6 +81,8 @@ class PosteriorHistory:
         self._round: int | None = None
         self._post: PosteriorState | None = None
         self._totals: tuple[int, np.ndarray, np.ndarray] | None = None  # through round
+        self._by_round: dict[int, pa.Table] = {}  # round -> (round, prompt_id, s, n)
+        self._group_labels: tuple[list, list] | None = None
 
     def after(self, round_: int) -> PosteriorState:
         """The posterior stored after round `round_` (no empirical-Bayes view)."""
@@ -88,13 +95,17 @@ class PosteriorHistory:
         return self._post
 
     def before(self, round_: int) -> PosteriorState:
-        """What round `round_`'s selection scored: the posterior after round_ - 1, with
-        unseen prompts at the fitted prior under `posterior.prior: empirical-bayes`."""
+        """What round `round_`'s selection scored: the view of the posterior after
+        round_ - 1 under the run's `posterior` options (prior, forgetting), built by the
+        pipeline's own rule (`views.view_of_record`, as `round_state._posterior_view`)."""
         post = self.after(round_ - 1)
-        if self.run.config.posterior.prior != "empirical-bayes":
-            return post
-        successes, trials = self._outcomes_through(round_ - 1, post)
-        return with_fitted_prior_for_unseen(post, successes, trials)
+        cfg = self.run.config
+        return view_of_record(
+            post, cfg.posterior, now=round_ - 1, scoring=True,
+            totals=lambda: (post.prompt_ids, *self._totals_through(round_ - 1, post)),
+            by_round=lambda: self._history_through(round_ - 1),
+            groups=lambda: self._groups(cfg.data.group_field),
+            features=self._features(round_ - 1)).posterior
 
     def _rows(self, round_: int) -> pa.Table:
         if round_ not in self.view.rounds:
@@ -109,23 +120,60 @@ class PosteriorHistory:
                              "snapshot")
         return PosteriorState.from_arrow(t)
 
-    def _outcomes_through(self, round_: int, post: PosteriorState):
-        """Successes and rollouts of every prompt in rounds 1..round_, aligned with
-        `post`; kept across calls so a walk in round order reads each round once."""
+    def _outcomes(self, round_: int, after: int = -1) -> list[pa.Table]:
+        """(round, prompt_id, s, n) of each round in (after, round_], in round order; the
+        rounds not read before are read in one scan of their rollouts files."""
+        todo = [r for r in self.view.rounds if r <= round_ and r not in self._by_round]
+        if todo:
+            t = success_counts_by_round(self.view, todo)
+            for r in todo:
+                self._by_round[r] = t.filter(pc.equal(t["round"], r))
+        return [self._by_round[r] for r in sorted(self._by_round) if after < r <= round_]
+
+    def _totals_through(self, round_: int, post: PosteriorState):
+        """Successes and rollouts of every prompt in rounds <= round_, aligned with
+        `post`; kept across calls so a walk in round order adds each round once."""
         if self._totals is not None and self._totals[0] <= round_:
             done, s, n = self._totals
-            rounds = range(done + 1, round_ + 1)
         else:
-            s, n = np.zeros(len(post)), np.zeros(len(post))
-            rounds = range(1, round_ + 1)
-        if len(rounds):
-            t = round_success_counts(self.view, rounds)
+            done, s, n = -1, np.zeros(len(post)), np.zeros(len(post))
+        s, n = s.copy(), n.copy()
+        for t in self._outcomes(round_, after=done):
             idx = post.index_of(np.asarray(t["prompt_id"].to_pylist(), dtype=object))
-            s, n = s.copy(), n.copy()
             np.add.at(s, idx, np.asarray(t["s"]))
             np.add.at(n, idx, np.asarray(t["n"]))
         self._totals = (round_, s, n)
         return s, n
+
+    def _history_through(self, round_: int):
+        """(prompt ids, round, s, n): one row per prompt and round <= round_, in round
+        order: the history time-aware forgetting weighs."""
+        t = pa.concat_tables(self._outcomes(round_))
+        return (t["prompt_id"].to_pylist(), np.asarray(t["round"]), np.asarray(t["s"]),
+                np.asarray(t["n"]))
+
+    def _groups(self, column: str):
+        if self._group_labels is None:
+            t = prompt_groups(self.view, column)
+            self._group_labels = (t["prompt_id"].to_pylist(), t["grp"].to_pylist())
+        return self._group_labels
+
+    def _features(self, policy_round: int):
+        """(prompt ids, features) the feature prior scored round policy_round + 1 with,
+        from the run's per-checkpoint cache; None where the run computed none (another
+        prior, or a selector that ignores the posterior). A missing cache is refused: a
+        report does not recompute a policy's embeddings."""
+        cfg = self.run.config
+        if cfg.posterior.prior != "feature-knn" or not get(cfg.selector.type).uses_posterior:
+            return None
+        path = layout.features_path(self.view.run_dir, policy_round)
+        if not path.is_file():
+            raise ValueError(f"cannot re-score round {policy_round + 1} of "
+                             f"{self.view.run_dir}: its feature prior's cache {path} is "
+                             "missing (written by the run's select stage; a report does "
+                             "not recompute embeddings)")
+        with np.load(path, allow_pickle=False) as z:
+            return z["prompt_ids"].astype(object), z["features"]
 
 
 def saved_selector(run: RecordedRun, view: RunView, round_: int) -> Selector:

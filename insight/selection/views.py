@@ -17,11 +17,12 @@ simulator (insight/report/simulate.py), so both score the same view.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from insight.selection.feature_prior import DEFAULT_NEIGHBOURS, DEFAULT_STRENGTH, knn_prior
-from insight.selection.forgetting import decayed_view
+from insight.selection.forgetting import decayed_counts, decayed_view
 from insight.selection.group_prior import DEFAULT_SHRINKAGE, fit_grouped_priors
 from insight.selection.posterior import PosteriorState, validate_outcomes
 from insight.selection.prior import fit_beta_binomial_prior, with_fitted_prior_for_unseen
@@ -87,3 +88,63 @@ def _prior_arrays(state, prior, s, t, groups, shrinkage):
         raise ValueError("the grouped empirical-Bayes prior needs each prompt's group")
     fit = fit_grouped_priors(s, t, groups, shrinkage=shrinkage, fallback=(state.a0, state.b0))
     return fit.alpha, fit.beta, fit.summary()
+
+
+# -- the view of a recorded round, from the record's tables ------------------------------
+# A reader gives (prompt ids, values...) and the arrays are aligned here, so the pipeline
+# (insight/round_state.py, over insight.duckdb) and the re-scoring of a recorded round
+# (insight/report/rescore.py, over the published Parquet) build the same view.
+Loader = Callable[[], tuple]
+
+
+def view_is_stored_posterior(prior: str, half_life, *, scoring: bool,
+                             has_features: bool) -> bool:
+    """True when the view is the stored posterior as it is, so no outcome need be read:
+    the fixed prior without forgetting, and the feature prior where no features were
+    computed (a selector that ignores the posterior) or for the posterior update (which
+    keeps the stored Beta(a0, b0) posterior). Forgetting is a view for scoring only."""
+    forget = half_life is not None and scoring
+    if prior == "fixed" and not forget:
+        return True
+    return prior == "feature-knn" and (not scoring or not has_features)
+
+
+def view_of_record(state: PosteriorState, cfg, *, now: int, scoring: bool,
+                   totals: Loader, by_round: Loader, groups: Loader | None = None,
+                   features=None) -> View:
+    """The view scored after round ``now`` under the run's ``posterior`` config ``cfg``.
+
+    ``totals()``: (prompt ids, successes, trials) of every prompt in rounds <= ``now``;
+    ``by_round()``: (prompt ids, round, successes, trials), one row per prompt and round
+    in round order (read only when forgetting applies); ``groups()``: (prompt ids, group
+    labels), read only for the grouped prior; ``features``: (prompt ids, (n, d) array)."""
+    if view_is_stored_posterior(cfg.prior, cfg.half_life, scoring=scoring,
+                                has_features=features is not None):
+        return View(state)
+    ids, s, n = totals()
+    successes, trials = np.zeros(len(state)), np.zeros(len(state))
+    idx = state.index_of(_ids(ids))
+    successes[idx], trials[idx] = s, n
+    decayed = None
+    if cfg.half_life is not None and scoring:
+        ids, rounds, s, n = by_round()
+        decayed = decayed_counts(state.index_of(_ids(ids)), rounds, s, n, size=len(state),
+                                 now=now, half_life=cfg.half_life)
+    labels = None
+    if cfg.prior == "grouped-empirical-bayes":
+        ids, grp = groups()
+        labels = np.full(len(state), "", dtype=object)
+        labels[state.index_of(_ids(ids))] = _ids(grp)
+    feats = None
+    if cfg.prior == "feature-knn":
+        ids, arr = features
+        feats = np.empty((len(state), arr.shape[1]))
+        feats[state.index_of(_ids(ids))] = arr
+    return selection_view(state, prior=cfg.prior, successes=successes, trials=trials,
+                          groups=labels, shrinkage=cfg.group_shrinkage, decayed=decayed,
+                          features=feats, neighbours=cfg.knn_neighbours,
+                          strength=cfg.feature_strength)
+
+
+def _ids(values) -> np.ndarray:
+    return np.asarray(values, dtype=object)
