@@ -20,20 +20,12 @@ from pathlib import Path
 
 from insight.record.store import RunStore
 
-GROUPS_SQL = (
-    "SELECT o.round, o.prompt_id, sum(o.success::INT) AS s, count(*) AS n, "
-    "any_value(p.difficulty) AS difficulty "
-    "FROM rollouts o JOIN rounds r USING (run_id, round) "
-    "JOIN prompts p ON p.run_id = o.run_id AND p.prompt_id = o.prompt_id "
-    "WHERE o.run_id = ? AND r.status = 'committed' AND o.round BETWEEN 1 AND ? "
-    "GROUP BY o.round, o.prompt_id ORDER BY o.round")
-
 
 def run_revisits(run_dir: Path, rounds: int, window: int) -> dict:
     """The figures of one run from its store (generated groups, kept or not)."""
     with RunStore(run_dir, read_only=True) as db:
         run = db.get_run()
-        groups = db.sql(GROUPS_SQL, [run["run_id"], rounds]).to_pylist() if run else []
+        groups = db.prompt_groups_by_round(run["run_id"], rounds) if run else []
     if not groups:
         return {}
     picks: dict[str, int] = defaultdict(int)

@@ -64,10 +64,14 @@ def make_fake_vllm(calls: list, *, reload_seconds: float = 0.0) -> types.ModuleT
         def generate(self, prompts, sampling_params=None, *, use_tqdm=True,
                      lora_request=None, priority=None, tokenization_kwargs=None,
                      mm_processor_kwargs=None):
-            p = sampling_params
+            # vLLM takes one SamplingParams for all prompts or a sequence, one per prompt.
+            per_prompt = (list(sampling_params) if isinstance(sampling_params, (list, tuple))
+                          else [sampling_params] * len(prompts))
+            assert len(per_prompt) == len(prompts), "one SamplingParams per prompt"
+            p = per_prompt[0] if per_prompt else sampling_params
             calls.append(("generate", len(prompts), p.n, p.seed))
             outs = []
-            for prompt in prompts:
+            for prompt, p in zip(prompts, per_prompt):
                 ids = prompt["prompt_token_ids"]
                 done = p.max_tokens >= 2
                 token_ids = [ids[-1], p.stop_token_ids[0]] if done else [ids[-1]]

@@ -249,18 +249,10 @@ def _create_or_check(db: RunStore, run_dir: Path, cfg: RunConfig, train, held_ou
 def discard_rounds_after(db: RunStore, run: Run, round_: int) -> list[int]:
     """Forget the rounds after `round_` (the trainer resumed from an earlier checkpoint
     and redoes them): their rows, their `rounds` entries and their published Parquet."""
-    later = [r for r in db.committed_rounds(run.run_id) if r > round_]
-    later += [r for r in db.sql("SELECT round FROM rounds WHERE run_id = ? AND round > ? "
-                                "AND status <> 'committed'", [run.run_id, round_])
-              .column("round").to_pylist()]
-    for r in sorted(set(later)):
-        with db.transaction():
-            for table in ("selections", "rollouts", "posteriors", "evals", "stages",
-                          "published", "rounds"):
-                db.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ?",
-                           [run.run_id, r])
+    later = db.delete_rounds_after(run.run_id, round_)
+    for r in later:
         shutil.rmtree(layout.round_dir(run.run_dir, r), ignore_errors=True)
-    return sorted(set(later))
+    return later
 
 
 def _rollout_rows(sel_state: OnlineSelection, r: int, sel: Selection, prompt_ids, completions,

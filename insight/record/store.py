@@ -490,6 +490,32 @@ class RunStore:
             "WHERE p.difficulty IS NOT NULL GROUP BY ALL ORDER BY 1",
             [run_id, last, run_id]).to_pylist()
 
+    def prompt_groups_by_round(self, run_id: str, through_round: int) -> list[dict]:
+        """Every generated group of the committed training rounds up to `through_round`,
+        in round order: `round`, `prompt_id`, successes `s` of `n`, and the prompt's
+        `difficulty`. Where a selector's rollouts went, prompt by prompt."""
+        return self.sql(
+            "SELECT o.round, o.prompt_id, sum(o.success::INT) AS s, count(*) AS n, "
+            "any_value(p.difficulty) AS difficulty "
+            "FROM rollouts o JOIN rounds r USING (run_id, round) "
+            "JOIN prompts p ON p.run_id = o.run_id AND p.prompt_id = o.prompt_id "
+            "WHERE o.run_id = ? AND r.status = 'committed' AND o.round BETWEEN 1 AND ? "
+            "GROUP BY o.round, o.prompt_id ORDER BY o.round",
+            [run_id, through_round]).to_pylist()
+
+    def delete_rounds_after(self, run_id: str, round_: int) -> list[int]:
+        """Delete every round after `round_`, committed or not, from every per-round
+        table, one transaction per round; returns the rounds deleted. For a trainer that
+        resumed from an earlier checkpoint and will redo them."""
+        later = self.sql("SELECT round FROM rounds WHERE run_id = ? AND round > ? "
+                         "ORDER BY round", [run_id, round_]).column("round").to_pylist()
+        for r in later:
+            with self.transaction():
+                for table in ROUND_TABLES + ("published", "rounds"):
+                    self.execute(f"DELETE FROM {table} WHERE run_id = ? AND round = ?",
+                                 [run_id, r])
+        return later
+
     def round_wall_seconds(self, run_id: str) -> dict[int, float | None]:
         """Each recorded round's wall-clock seconds, summed over its stages."""
         rows = self.sql("SELECT round, sum(wall_seconds) AS w FROM stages WHERE run_id = ? "
