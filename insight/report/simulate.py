@@ -108,11 +108,15 @@ class SimConfig:
     k: int = 8                     # rollouts per group
     budget: int = 60_000           # rollouts per run (all generated rollouts count)
     max_rounds: int = 100_000      # safety cap on rounds
-    difficulty: Literal["normal", "beta"] = "normal"
+    difficulty: Literal["normal", "beta", "levels"] = "normal"
     logit_mean: float = -1.0       # "normal": x ~ Normal(logit_mean, logit_std)
     logit_std: float = 3.0
     beta_a: float = 0.5            # "beta": sigmoid(x) ~ Beta(beta_a, beta_b) (U-shaped if < 1)
     beta_b: float = 0.7
+    levels: tuple[tuple[float, float, float], ...] = ()  # "levels": (share, mean success,
+                                   # concentration) per level; p ~ Beta(mean c, (1-mean) c)
+                                   # on a share of the pool (a world fitted to real runs:
+                                   # insight.report.simulate_fit)
     lr: float = 0.3                # own-offset step per unit signal
     transfer_lr: float = 0.1       # shared-skill step per unit mean signal
     transfer_width: float = 1.0    # kernel width over the difficulty coordinate (logits)
@@ -141,12 +145,28 @@ class SimConfig:
         for name in ("lr", "transfer_lr", "drift", "group_noise", "feature_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
-        if self.difficulty not in ("normal", "beta"):
-            raise ValueError(f"difficulty must be 'normal' or 'beta', got {self.difficulty!r}")
+        if self.difficulty not in ("normal", "beta", "levels"):
+            raise ValueError("difficulty must be 'normal', 'beta' or 'levels', "
+                             f"got {self.difficulty!r}")
+        if self.difficulty == "levels":
+            _check_levels(self.levels)
         if self.signal not in ("std", "var"):
             raise ValueError(f"signal must be 'std' or 'var', got {self.signal!r}")
         if self.step not in ("sgd", "normalized"):
             raise ValueError(f"step must be 'sgd' or 'normalized', got {self.step!r}")
+
+
+def _check_levels(levels) -> None:
+    if not levels:
+        raise ValueError("difficulty 'levels' needs levels: (share, mean, concentration) each")
+    for lv in levels:
+        if len(lv) != 3:
+            raise ValueError(f"a level is (share, mean, concentration), got {lv!r}")
+        share, mean, conc = (float(v) for v in lv)
+        if share < 0 or not 0 <= mean <= 1 or conc <= 0:
+            raise ValueError(f"level {lv!r}: need share >= 0, 0 <= mean <= 1, concentration > 0")
+    if sum(float(lv[0]) for lv in levels) <= 0:
+        raise ValueError("level shares must not all be 0")
 
 
 @dataclass(frozen=True)
@@ -225,8 +245,33 @@ def draw_difficulty(sim: SimConfig, n: int, rng: np.random.Generator) -> np.ndar
     """Difficulty coordinates (initial success logits) of n prompts."""
     if sim.difficulty == "normal":
         return rng.normal(sim.logit_mean, sim.logit_std, n)
-    p = np.clip(rng.beta(sim.beta_a, sim.beta_b, n), 1e-4, 1 - 1e-4)
+    if sim.difficulty == "levels":
+        p = _draw_levels(sim.levels, n, rng)
+    else:
+        p = rng.beta(sim.beta_a, sim.beta_b, n)
+    p = np.clip(p, 1e-4, 1 - 1e-4)
     return np.log(p) - np.log1p(-p)
+
+
+def level_counts(shares, n: int) -> np.ndarray:
+    """n split over the levels in proportion to their shares (largest remainder), so a
+    pool has the real pool's level mix exactly rather than up to sampling noise."""
+    w = np.asarray(shares, dtype=float) / float(np.sum(shares))
+    raw = w * n
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]] += 1
+    return counts
+
+
+def _draw_levels(levels, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Initial success rates of n prompts from per-level Beta distributions (prompts in
+    level order; the order carries no meaning, the selectors see ids only)."""
+    counts = level_counts([lv[0] for lv in levels], n)
+    parts = []
+    for (_, mean, conc), c in zip(levels, counts):
+        mean = float(np.clip(mean, 1e-6, 1 - 1e-6))  # Beta needs both shapes > 0
+        parts.append(rng.beta(mean * conc, (1 - mean) * conc, c))
+    return np.concatenate(parts)
 
 
 class World:
