@@ -1,0 +1,136 @@
+"""Fit the learning-dynamics SIMULATOR to the recorded bench-wide runs and check what it
+predicts on held-out selectors and held-out settings (issue 12, item 5).
+
+Why a script: the fit needs the recorded runs (results.json, and the run stores for the
+initial per-level success rates), which live outside the package; the method is in
+`insight.report.simulate_fit`. Output: a JSON file and a markdown table on stdout.
+Everything simulated is a SIMULATION.
+
+    python scripts/fit_simulator.py --wide ../bench/runs-wide --out fit.json
+
+Fit: the uniform and dynamic-sampling curves of bench-wide (the two selectors that do not
+use the posterior). Held out: InSight and MoPPS on bench-wide; every selector of
+bench-mixed (docs/benchmarks/compare-mixed.json) and of the tiny default
+(compare-default.json), world adapted from their configs and runs, dynamics kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from insight.report import simulate_fit as F
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT_SELECTORS = ("uniform", "dynamic-sampling")
+ALL_SELECTORS = ("insight", "uniform", "mopps", "dynamic-sampling", "difficulty")
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+def build_settings(args) -> dict[str, F.Setting]:
+    """bench-wide (levels from the first rounds of its recorded runs when present),
+    bench-mixed and tiny (levels from their uniform runs' summary)."""
+    wide_dir = Path(args.wide)
+    res = _load(wide_dir / "results.json")
+    kw = {}
+    if (wide_dir / "runs").is_dir():
+        shares, stats, n_train, n_eval = F.recorded_level_data(
+            wide_dir / "runs", through_round=args.initial_rounds)
+        kw = dict(level_shares=shares, level_groups=stats, n_prompts=n_train,
+                  n_heldout=n_eval)
+    settings = {"bench-wide": F.setting_from_results("bench-wide", res,
+                                                      _config("bench-wide.yaml"), **kw)}
+    for name, cfg in (("bench-mixed", "bench-mixed.yaml"), ("tiny", "tiny.yaml")):
+        path = Path(args.docs) / f"compare-{'mixed' if name == 'bench-mixed' else 'default'}.json"
+        settings[name] = F.setting_from_results(name, _load(path), _config(cfg))
+    return settings
+
+
+def fmt_ci(ci) -> str:
+    return "—" if not ci or ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def markdown(fitted: dict, checks: list[dict]) -> str:
+    d = fitted["dynamics"]
+    lines = [f"SIMULATION fit on {fitted['fitted_on']['setting']} "
+             f"({', '.join(fitted['fitted_on']['selectors'])}; sim seeds "
+             f"{fitted['fitted_on']['seeds']}): transfer_lr={d.transfer_lr:.3g}, "
+             f"transfer_width={d.transfer_width:.3g}, step={d.step}, lr={d.lr:g}; "
+             f"curve RMSE {fitted['error']:.4f} (accuracy)", ""]
+    lines += ["| setting (main target) | selector | role | SIMULATION rollouts | real rollouts "
+              "| SIMULATION speedup | real speedup [95% CI] | in CI | curve RMSE |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        for sel in c["order_real"]:
+            r = c["selectors"][sel]
+            cen = lambda n: f" ({n} missed)" if n else ""
+            lines.append(
+                f"| {c['setting']} (+{c['main_gain']:g}) | `{sel}` | {r['role']} | "
+                f"{r['sim_rollouts']:,.0f}{cen(r['sim_censored'])} | "
+                f"{r['real_rollouts']:,.0f}{cen(r['real_censored'])} | "
+                f"{r['sim_speedup']:.2f}x | {r['real_speedup']:.2f}x {fmt_ci(r['real_speedup_ci'])}"
+                f" | {'—' if r['speedup_in_real_ci'] is None else ('yes' if r['speedup_in_real_ci'] else 'no')}"
+                f" | {r['curve_rmse']:.4f} |")
+    lines += ["", "| setting | real order (fewest rollouts first) | SIMULATION order | same order "
+              "| Kendall tau | speedups in real CI |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['setting']} | {' < '.join(c['order_real'])} | "
+                     f"{' < '.join(c['order_sim'])} | {'yes' if c['order_match'] else 'no'} | "
+                     f"{c['kendall_tau']:.2f} | {c['ratios_in_ci']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wide", default=str(ROOT.parent / "bench" / "runs-wide"),
+                    help="bench-wide comparison dir (results.json, runs/)")
+    ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks"),
+                    help="dir with compare-mixed.json and compare-default.json")
+    ap.add_argument("--initial-rounds", type=int, default=8,
+                    help="rounds of the recorded runs that measure the initial success rates")
+    ap.add_argument("--fit-seeds", type=int, default=4)
+    ap.add_argument("--check-seeds", type=int, default=10,
+                    help="simulation seeds per selector in the check (seeds 100, 101, ...)")
+    ap.add_argument("--polish", type=int, default=30, help="Nelder-Mead evaluations")
+    ap.add_argument("--out", default=None, help="write the full result as JSON here")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    settings = build_settings(args)
+    wide = settings["bench-wide"]
+    fitted = F.fit(wide, FIT_SELECTORS, range(args.fit_seeds), polish_iters=args.polish,
+                   log=lambda m: print(m, file=sys.stderr))
+    dyn = fitted["dynamics"]
+    check_seeds = range(100, 100 + args.check_seeds)
+    checks = []
+    for name, st in settings.items():
+        sels = [s for s in ALL_SELECTORS if s in st.real]
+        checks.append(F.check(st, dyn, sels, check_seeds,
+                              fitted=FIT_SELECTORS if name == "bench-wide" else ()))
+    table = markdown(fitted, checks)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(F.dumps({
+            "label": F.LABEL, "fit": fitted, "checks": checks,
+            "worlds": {n: {"levels": s.levels, "n_prompts": s.n_prompts,
+                           "n_heldout": s.n_heldout, "batch_size": s.batch_size, "k": s.k,
+                           "rounds": s.rounds, "main_gain": s.main_gain}
+                       for n, s in settings.items()},
+            "seconds": time.time() - t0, "markdown": table}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
