@@ -86,7 +86,8 @@ def test_levels_need_valid_entries_and_defaults_are_unchanged():
 
 
 # --------------------------------------------------------------------------- the fit
-def _synthetic_real(setting: F.Setting, dyn: F.Dynamics, selectors, seeds) -> F.Setting:
+def _synthetic_real(setting: F.Setting, dyn: F.Dynamics, selectors, seeds,
+                    gains=()) -> F.Setting:
     """A setting whose 'real' runs are the simulator's own, under known dynamics."""
     real = {}
     for sel in selectors:
@@ -95,7 +96,8 @@ def _synthetic_real(setting: F.Setting, dyn: F.Dynamics, selectors, seeds) -> F.
         xs = runs[0]["rollouts"][::2]
         xs = xs[xs <= last]
         real[sel] = F.RealSelector(tuple(xs), tuple(F.mean_gain_at(runs, xs)),
-                                   tuple(r["to_target"] for r in runs),
+                                   {g: tuple(F.to_target(r, g) for r in runs)
+                                    for g in (setting.main_gain, *gains)},
                                    tuple(r["budget"] for r in runs))
     return F.Setting(**{**setting.__dict__, "real": real})
 
@@ -126,11 +128,18 @@ def test_polish_moves_an_off_grid_truth_closer():
 
 
 # --------------------------------------------------------------------------- the check
-def test_kendall_tau():
-    a = ["x", "y", "z", "w"]
+def test_kendall_tau_and_ties_predict_nothing():
+    a = {"x": 1.0, "y": 2.0, "z": 3.0, "w": 4.0}
     assert F.kendall_tau(a, a) == 1.0
-    assert F.kendall_tau(a, a[::-1]) == -1.0
-    assert F.kendall_tau(a, ["y", "x", "z", "w"]) == pytest.approx(2 / 3)  # 5 of 6 pairs agree
+    assert F.kendall_tau(a, {s: -v for s, v in a.items()}) == -1.0
+    swapped = {**a, "x": 2.0, "y": 1.0}
+    assert F.kendall_tau(a, swapped) == pytest.approx(4 / 6)  # 5 of 6 pairs agree, 1 not
+    tied = dict.fromkeys(a, 9.0)
+    assert F.kendall_tau(tied, a) == 0.0
+    # bounds (every seed missed): two bounds are unordered; a value below a bound is faster
+    budgets = {"x": 5.0, "y": 6.0, "z": 7.0, "w": 8.0}
+    assert F.kendall_tau(budgets, a, a_bounds=a) == 0.0
+    assert F.kendall_tau({**budgets, "x": 1.0}, a, a_bounds=["y", "z", "w"]) == 0.5
 
 
 def test_speedups_censor_missed_seeds_at_their_budget():
@@ -149,10 +158,23 @@ def test_check_against_its_own_simulation_predicts_ordering_and_ratios():
     levels = ((0.3, 0.35, 4.0), (0.4, 0.65, 3.0), (0.3, 0.0, 1.0))
     dyn = F.Dynamics(transfer_lr=0.3, transfer_width=1.0, step="sgd")
     sels, seeds = ("uniform", "dynamic-sampling"), (0, 1)
-    st = _synthetic_real(_setting(levels, rounds=16), dyn, sels, seeds)
+    st = _synthetic_real(_setting(levels, rounds=16), dyn, sels, seeds, gains=(0.9,))
     res = F.check(st, dyn, sels, seeds, fitted=sels)
     assert res["order_match"] and res["kendall_tau"] == 1.0
     assert res["ratios_in_ci"] == "1/1"
     for row in res["selectors"].values():
         assert row["sim_rollouts"] == pytest.approx(row["real_rollouts"])
     assert res["label"] == "SIMULATION"
+    # a target no simulated run reaches: the simulation predicts neither order nor ratio
+    never = F.check(st, dyn, sels, seeds, gain=0.9)
+    assert never["kendall_tau"] == 0.0 and not never["order_match"]
+    assert never["selectors"]["dynamic-sampling"]["speedup_in_real_ci"] is None
+
+
+def test_calibrate_rate_recovers_the_transfer_rate():
+    levels = ((0.5, 0.4, 4.0), (0.5, 0.7, 3.0))
+    truth = F.Dynamics(transfer_lr=0.2, transfer_width=1.0, step="sgd")
+    st = _synthetic_real(_setting(levels, rounds=10), truth, ("uniform",), (0,))
+    got, err = F.calibrate_rate(st, F.Dynamics(transfer_lr=0.05), (0,))
+    assert got.transfer_lr == pytest.approx(0.2, rel=0.05)
+    assert (got.transfer_width, got.step) == (1.0, "sgd") and err < 1e-3

@@ -47,12 +47,13 @@ LABEL = S.LABEL
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class RealSelector:
-    """What one selector's real runs measured: the mean gain curve over seeds and each
-    seed's rollouts to the main target (None = missed) and rollouts consumed."""
+    """What one selector's real runs measured: the mean gain curve over seeds, each
+    seed's rollouts to each target gain (`to_target[gain]`, None = missed) and each seed's
+    rollouts consumed."""
 
     curve_x: tuple[float, ...]
     curve_gain: tuple[float, ...]
-    to_target: tuple[float | None, ...]
+    to_target: Mapping[float, tuple[float | None, ...]]
     budgets: tuple[float, ...]
 
 
@@ -153,8 +154,8 @@ def sim_config(setting: Setting, dyn: Dynamics) -> S.SimConfig:
 def simulate(setting: Setting, dyn: Dynamics, selector: str, seeds: Sequence[int]
              ) -> list[dict[str, Any]]:
     """One SIMULATION run per seed of a selector (its default configuration) on the
-    setting's world: per run `rollouts`, `gain` (arrays, index 0 = start), `to_target`
-    (rollouts to the main gain, None = missed) and `budget` (rollouts consumed)."""
+    setting's world: per run `rollouts`, `gain` (arrays, index 0 = start) and `budget`
+    (rollouts consumed); `to_target(run, gain)` reads a crossing off it."""
     sim = sim_config(setting, dyn)
     out = []
     for seed in seeds:
@@ -162,9 +163,14 @@ def simulate(setting: Setting, dyn: Dynamics, selector: str, seeds: Sequence[int
         x = np.asarray(r["curves"]["rollouts"], dtype=float)
         acc = np.asarray(r["curves"]["heldout_accuracy"], dtype=float)
         out.append({"rollouts": x, "gain": acc - acc[0],
-                    "to_target": r["summary"]["rollouts_to_target"][0],
                     "budget": float(r["summary"]["rollouts"])})
     return out
+
+
+def to_target(run: Mapping[str, Any], gain: float) -> float | None:
+    """Rollouts at which a simulated run first gains `gain` (interpolated; None = never),
+    the simulator's own crossing rule."""
+    return S.rollouts_to_target(run["rollouts"], run["gain"], gain)
 
 
 def mean_gain_at(runs: Sequence[dict], xs: Sequence[float]) -> np.ndarray:
@@ -249,6 +255,27 @@ def _polish(setting, start: Dynamics, start_err: float, selectors, seeds, iters:
     return start, start_err
 
 
+def calibrate_rate(setting: Setting, dyn: Dynamics, seeds: Sequence[int], *,
+                   selector: str = "uniform", span: float = 20.0, iters: int = 14
+                   ) -> tuple[Dynamics, float]:
+    """`dyn` with transfer_lr refitted (within dyn.transfer_lr / span .. * span, bounded
+    scalar search on its log) to one selector's real gain curve on `setting`; the rest
+    of the dynamics kept. For a setting whose accuracy is measured differently (e.g.
+    greedy instead of sampled) the speed of the curve cannot transfer, but the shape and
+    the selectors' ratios still may: this fits the one scalar and leaves the ratios to
+    be predicted."""
+    from scipy.optimize import minimize_scalar
+
+    def obj(z: float) -> float:
+        d = replace(dyn, transfer_lr=float(np.exp(z)))
+        return curve_rmse(simulate(setting, d, selector, seeds), setting.real[selector])
+
+    z0 = math.log(dyn.transfer_lr)
+    res = minimize_scalar(obj, bounds=(z0 - math.log(span), z0 + math.log(span)),
+                          method="bounded", options={"maxiter": iters, "xatol": 0.02})
+    return replace(dyn, transfer_lr=float(np.exp(res.x))), float(res.fun)
+
+
 # --------------------------------------------------------------------------- check
 def _speedups(to_target: Mapping[str, Sequence[float | None]],
               budgets: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict]:
@@ -274,33 +301,65 @@ def ordering(stats: Mapping[str, dict]) -> list[str]:
     return sorted(stats, key=lambda s: stats[s]["rollouts"])
 
 
-def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float:
-    """Kendall's tau between two orderings of the same items (1 = same order)."""
-    pa, pb = {s: i for i, s in enumerate(a)}, {s: i for i, s in enumerate(b)}
-    pairs = list(itertools.combinations(a, 2))
+def _order_sign(vx: float, vy: float, bx: bool, by: bool) -> float:
+    """Sign of (x - y) in rollouts to target, where a value flagged as a bound (every
+    seed missed: the true value is at least it) is only known to be large. Two bounds,
+    or a bound above a value that is larger still, give no order (0)."""
+    if bx and by:
+        return 0.0
+    if bx:
+        return 1.0 if vy < vx else 0.0
+    if by:
+        return -1.0 if vx < vy else 0.0
+    return float(np.sign(vx - vy))
+
+
+def kendall_tau(a: Mapping[str, float], b: Mapping[str, float],
+                a_bounds: Iterable[str] = (), b_bounds: Iterable[str] = ()) -> float:
+    """Kendall's tau-a between two scorings of the same items: (concordant - discordant)
+    pairs / all pairs. A pair without an order in either (tied, or bounds that do not
+    order it: `_order_sign`) counts as neither, so a simulation whose runs all missed the
+    target predicts no order (tau 0) instead of the order of the selectors' budgets."""
+    pairs = list(itertools.combinations(sorted(a), 2))
     if not pairs:
         return 1.0
-    agree = sum(np.sign(pa[x] - pa[y]) == np.sign(pb[x] - pb[y]) for x, y in pairs)
-    return float(2 * agree / len(pairs) - 1)
+    ab, bb = set(a_bounds), set(b_bounds)
+    score = sum(_order_sign(a[x], a[y], x in ab, y in ab) * _order_sign(b[x], b[y], x in bb,
+                                                                        y in bb)
+                for x, y in pairs)
+    return float(score / len(pairs))
 
 
 def check(setting: Setting, dyn: Dynamics, selectors: Sequence[str], seeds: Sequence[int],
-          *, baseline: str = "uniform", fitted: Sequence[str] = ()) -> dict[str, Any]:
-    """Simulate `selectors` on `setting` with fixed dynamics and compare with the real
-    runs: per selector the SIMULATION's and the real rollouts to the main target and
-    speedup over the baseline (the real one with its bootstrap interval), whether the
-    simulated speedup lies in that interval, the curve RMSE; and over all selectors
-    whether the ordering matches (exactly, and Kendall's tau)."""
-    sims = {s: simulate(setting, dyn, s, seeds) for s in selectors}
-    pred = _speedups({s: [r["to_target"] for r in sims[s]] for s in selectors},
+          *, gain: float | None = None, baseline: str = "uniform", fitted: Sequence[str] = (),
+          sims: Mapping[str, list] | None = None, mode: str = "") -> dict[str, Any]:
+    """Simulate `selectors` on `setting` with fixed dynamics (or take `sims`, from
+    `simulate`) and compare with the real runs at a target gain (default the main one).
+
+    Per selector: the SIMULATION's and the real rollouts to the target and speedup over
+    the baseline (the real one with its bootstrap interval), whether the simulated
+    speedup lies in that interval (None when the real interval is undefined or every
+    simulated run of the selector or the baseline missed the target: then the simulation
+    predicts no ratio), and the curve RMSE. Over the selectors: the orderings, Kendall's
+    tau, and `resolved`: of the selectors whose real interval excludes 1 (the real runs
+    resolve whether they beat the baseline), how many the simulation puts on that side."""
+    gain = setting.main_gain if gain is None else float(gain)
+    if sims is None:
+        sims = {s: simulate(setting, dyn, s, seeds) for s in selectors}
+    pred = _speedups({s: [to_target(r, gain) for r in sims[s]] for s in selectors},
                      {s: [r["budget"] for r in sims[s]] for s in selectors}, baseline)
-    real = _speedups({s: list(setting.real[s].to_target) for s in selectors},
+    real = _speedups({s: list(setting.real[s].to_target[gain]) for s in selectors},
                      {s: list(setting.real[s].budgets) for s in selectors}, baseline)
-    rows = {}
+    base_missed = pred[baseline]["n_censored"] == pred[baseline]["n_seeds"]
+    rows, resolved = {}, []
     for s in selectors:
         lo_hi = real[s]["speedup_ci"]
-        inside = None if lo_hi is None or lo_hi[0] is None else \
+        sim_missed = base_missed or pred[s]["n_censored"] == pred[s]["n_seeds"]
+        inside = None if lo_hi is None or lo_hi[0] is None or sim_missed else \
             bool(lo_hi[0] <= pred[s]["speedup"] <= lo_hi[1])
+        if lo_hi is not None and lo_hi[0] is not None and not lo_hi[0] <= 1.0 <= lo_hi[1]:
+            resolved.append(not sim_missed
+                            and (pred[s]["speedup"] > 1.0) == (lo_hi[0] > 1.0))
         rows[s] = {"role": "fitted" if s in fitted else "held out",
                    "sim_rollouts": pred[s]["rollouts"], "sim_censored": pred[s]["n_censored"],
                    "sim_speedup": pred[s]["speedup"],
@@ -308,26 +367,35 @@ def check(setting: Setting, dyn: Dynamics, selectors: Sequence[str], seeds: Sequ
                    "real_speedup": real[s]["speedup"], "real_speedup_ci": lo_hi,
                    "speedup_in_real_ci": inside,
                    "curve_rmse": curve_rmse(sims[s], setting.real[s])}
-    o_sim, o_real = ordering(pred), ordering(real)
-    judged = [r["speedup_in_real_ci"] for s, r in rows.items() if s != baseline]
-    return {"label": LABEL, "setting": setting.name, "main_gain": setting.main_gain,
-            "sim_seeds": list(seeds), "selectors": rows,
-            "order_sim": o_sim, "order_real": o_real, "order_match": o_sim == o_real,
-            "kendall_tau": kendall_tau(o_sim, o_real),
-            "ratios_in_ci": f"{sum(bool(j) for j in judged)}/{len(judged)}"}
+    bounds = lambda st: [s for s in selectors if st[s]["n_censored"] == st[s]["n_seeds"]]
+    tau = kendall_tau({s: pred[s]["rollouts"] for s in selectors},
+                      {s: real[s]["rollouts"] for s in selectors}, bounds(pred), bounds(real))
+    judged = [r["speedup_in_real_ci"] for s, r in rows.items()
+              if s != baseline and r["speedup_in_real_ci"] is not None]
+    return {"label": LABEL, "setting": setting.name, "mode": mode, "gain": gain,
+            "dynamics": dyn, "sim_seeds": list(seeds), "selectors": rows,
+            "order_sim": ordering(pred), "order_real": ordering(real),
+            "order_match": tau == 1.0, "kendall_tau": tau,
+            "ratios_in_ci": f"{sum(judged)}/{len(selectors) - 1}",
+            "resolved": f"{sum(resolved)}/{len(resolved)}"}
 
 
 # --------------------------------------------------------------------------- real data
-def real_selector(entry: Mapping[str, Any], main: str) -> RealSelector:
+def real_selector(entry: Mapping[str, Any]) -> RealSelector:
     """A selector's RealSelector from a `results.json` / compare-*.json selector entry
-    (`main`: the main target's key, e.g. "+0.025")."""
+    (its mean curve, per-seed rollouts to every relative target, rollouts consumed)."""
     c = entry["curve"]
     y0 = c["mean"][0]
-    per_seed = entry["rollouts_to_target_all"][main]["per_seed"]
+    to = {gain_of(key): tuple(None if v is None else float(v) for v in t["per_seed"])
+          for key, t in entry["rollouts_to_target_all"].items()}
     budgets = entry["rollouts_consumed"]["per_seed"]
     return RealSelector(tuple(map(float, c["x"])), tuple(float(y) - y0 for y in c["mean"]),
-                        tuple(None if v is None else float(v) for v in per_seed),
-                        tuple(float(b) for b in budgets))
+                        to, tuple(float(b) for b in budgets))
+
+
+def gain_of(key: str) -> float:
+    """A relative target's key ("+0.025") as its gain."""
+    return float(str(key).lstrip("+"))
 
 
 def setting_from_results(name: str, results: Mapping[str, Any], config: Mapping[str, Any],
@@ -350,7 +418,7 @@ def setting_from_results(name: str, results: Mapping[str, Any], config: Mapping[
                for r in results["selectors"]["uniform"]["groups_by_difficulty"]}
         level_shares = {lv: r["share"] for lv, r in gbd.items()}
         level_groups = gbd
-    real = {sel: real_selector(e, main) for sel, e in results["selectors"].items()}
+    real = {sel: real_selector(e) for sel, e in results["selectors"].items()}
     return Setting(name=name,
                    n_prompts=int(n_prompts or config["data"]["n_train"]),
                    n_heldout=int(n_heldout or config["data"]["n_eval"]),
