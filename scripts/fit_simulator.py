@@ -6,7 +6,8 @@ initial per-level success rates), which live outside the package; the method is 
 `insight.report.simulate_fit`. Output: a JSON file and a markdown table on stdout.
 Everything simulated is a SIMULATION.
 
-    python scripts/fit_simulator.py --wide ../bench/runs-wide --out fit.json
+    python scripts/fit_simulator.py --wide-runs ../bench/runs-wide/runs \
+        --out docs/benchmarks/simulator-fit.json
 
 Fit: the uniform and dynamic-sampling curves of bench-wide (the two selectors that do not
 use the posterior). Held out: InSight and MoPPS on bench-wide; every selector of
@@ -44,14 +45,13 @@ def _config(name: str) -> dict:
 
 
 def build_settings(args) -> dict[str, F.Setting]:
-    """bench-wide (levels from the first rounds of its recorded runs when present),
-    bench-mixed and tiny (levels from their uniform runs' summary)."""
-    wide_dir = Path(args.wide)
-    res = _load(wide_dir / "results.json")
+    """bench-wide (levels from the first rounds of its recorded runs when given, else
+    from its uniform runs' summary), bench-mixed and tiny (from their summaries)."""
+    res = _load(Path(args.docs) / "compare-wide.json")
     kw = {}
-    if (wide_dir / "runs").is_dir():
+    if args.wide_runs:
         shares, stats, n_train, n_eval = F.recorded_level_data(
-            wide_dir / "runs", through_round=args.initial_rounds)
+            Path(args.wide_runs), through_round=args.initial_rounds)
         kw = dict(level_shares=shares, level_groups=stats, n_prompts=n_train,
                   n_heldout=n_eval)
     settings = {"bench-wide": F.setting_from_results("bench-wide", res,
@@ -71,6 +71,29 @@ def _dyn(d: F.Dynamics) -> str:
             f"step={d.step}, lr={d.lr:g}")
 
 
+def _order(order: list[str], missed: list[str]) -> str:
+    """An ordering, with the selectors whose every run missed the target (their place is
+    only a bound) listed after it, in no order."""
+    got = [s for s in order if s not in missed]
+    tail = f"; every run missed: {', '.join(sorted(missed))}" if missed else ""
+    return " < ".join(got) + tail
+
+
+def _row(c: dict, sel: str) -> str:
+    """One selector's line of the per-selector table (a speedup of a selector, or of the
+    baseline, whose every simulated run missed is no prediction: shown as a bound)."""
+    r = c["selectors"][sel]
+    cen = lambda n: f" ({n} missed)" if n else ""
+    missed = sel in c["sim_all_missed"] or "uniform" in c["sim_all_missed"]
+    sim_sp = f"{r['sim_speedup']:.2f}x" + (" (bound)" if missed else "")
+    inside = {None: "—", True: "yes", False: "no"}[r["speedup_in_real_ci"]]
+    return (f"| {c['setting']}, {c['mode']} (+{c['gain']:g}) | `{sel}` | {r['role']} | "
+            f"{r['sim_rollouts']:,.0f}{cen(r['sim_censored'])} | "
+            f"{r['real_rollouts']:,.0f}{cen(r['real_censored'])} | {sim_sp} | "
+            f"{r['real_speedup']:.2f}x {fmt_ci(r['real_speedup_ci'])} | {inside} | "
+            f"{r['curve_rmse']:.4f} |")
+
+
 def markdown(fitted: dict, checks: list[dict]) -> str:
     lines = [f"SIMULATION fit on {fitted['fitted_on']['setting']} "
              f"({', '.join(fitted['fitted_on']['selectors'])}; sim seeds "
@@ -80,28 +103,20 @@ def markdown(fitted: dict, checks: list[dict]) -> str:
         if c["mode"] == "rate from uniform" and c["gain"] == c["main_gain"]:
             lines.append(f"{c['setting']}, rate from uniform: {_dyn(c['dynamics'])} "
                          f"(uniform curve RMSE {c['selectors']['uniform']['curve_rmse']:.4f})")
-    lines += ["", "| setting, mode (target) | selector | role | SIMULATION rollouts | real rollouts "
-              "| SIMULATION speedup | real speedup [95% CI] | in CI | curve RMSE |",
+    lines += ["", "| setting, mode (target) | selector | role | SIMULATION rollouts "
+              "| real rollouts | SIMULATION speedup | real speedup [95% CI] | in CI | curve RMSE |",
               "|---|---|---|---|---|---|---|---|---|"]
     for c in checks:
         if c["gain"] != c["main_gain"]:
             continue
-        for sel in c["order_real"]:
-            r = c["selectors"][sel]
-            cen = lambda n: f" ({n} missed)" if n else ""
-            lines.append(
-                f"| {c['setting']}, {c['mode']} (+{c['gain']:g}) | `{sel}` | {r['role']} | "
-                f"{r['sim_rollouts']:,.0f}{cen(r['sim_censored'])} | "
-                f"{r['real_rollouts']:,.0f}{cen(r['real_censored'])} | "
-                f"{r['sim_speedup']:.2f}x | {r['real_speedup']:.2f}x {fmt_ci(r['real_speedup_ci'])}"
-                f" | {'—' if r['speedup_in_real_ci'] is None else ('yes' if r['speedup_in_real_ci'] else 'no')}"
-                f" | {r['curve_rmse']:.4f} |")
+        lines += [_row(c, sel) for sel in c["order_real"]]
     lines += ["", "| setting, mode | target | real order (fewest rollouts first) | SIMULATION "
               "order | Kendall tau | speedups in real CI | real-resolved sides right |",
               "|---|---|---|---|---|---|---|"]
     for c in checks:
         lines.append(f"| {c['setting']}, {c['mode']} | +{c['gain']:g} | "
-                     f"{' < '.join(c['order_real'])} | {' < '.join(c['order_sim'])} | "
+                     f"{_order(c['order_real'], c['real_all_missed'])} | "
+                     f"{_order(c['order_sim'], c['sim_all_missed'])} | "
                      f"{c['kendall_tau']:.2f} | {c['ratios_in_ci']} | {c['resolved']} |")
     return "\n".join(lines)
 
@@ -124,10 +139,11 @@ def run_checks(st: F.Setting, dyn: F.Dynamics, mode: str, fitted_sels, n_seeds: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--wide", default=str(ROOT.parent / "bench" / "runs-wide"),
-                    help="bench-wide comparison dir (results.json, runs/)")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks"),
-                    help="dir with compare-mixed.json and compare-default.json")
+                    help="dir with compare-wide.json, compare-mixed.json, compare-default.json")
+    ap.add_argument("--wide-runs", default=None,
+                    help="bench-wide's recorded runs (<selector>-s<seed>/ dirs): the initial "
+                         "per-level success rates come from their first rounds")
     ap.add_argument("--initial-rounds", type=int, default=8,
                     help="rounds of the recorded runs that measure the initial success rates")
     ap.add_argument("--fit-seeds", type=int, default=4)

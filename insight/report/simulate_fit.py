@@ -375,6 +375,7 @@ def check(setting: Setting, dyn: Dynamics, selectors: Sequence[str], seeds: Sequ
     return {"label": LABEL, "setting": setting.name, "mode": mode, "gain": gain,
             "dynamics": dyn, "sim_seeds": list(seeds), "selectors": rows,
             "order_sim": ordering(pred), "order_real": ordering(real),
+            "sim_all_missed": bounds(pred), "real_all_missed": bounds(real),
             "order_match": tau == 1.0, "kendall_tau": tau,
             "ratios_in_ci": f"{sum(judged)}/{len(selectors) - 1}",
             "resolved": f"{sum(resolved)}/{len(resolved)}"}
