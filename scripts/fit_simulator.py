@@ -66,7 +66,8 @@ def fmt_ci(ci) -> str:
     return "—" if not ci or ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _dyn(d: F.Dynamics) -> str:
+def _dyn(d) -> str:
+    d = F.Dynamics(**d) if isinstance(d, dict) else d  # also from a saved JSON
     return (f"transfer_lr={d.transfer_lr:.3g}, transfer_width={d.transfer_width:.3g}, "
             f"step={d.step}, lr={d.lr:g}")
 
@@ -75,8 +76,10 @@ def _order(order: list[str], missed: list[str]) -> str:
     """An ordering, with the selectors whose every run missed the target (their place is
     only a bound) listed after it, in no order."""
     got = [s for s in order if s not in missed]
-    tail = f"; every run missed: {', '.join(sorted(missed))}" if missed else ""
-    return " < ".join(got) + tail
+    parts = [" < ".join(got)] if got else []
+    if missed:
+        parts.append(f"every run missed: {', '.join(sorted(missed))}")
+    return "; ".join(parts)
 
 
 def _row(c: dict, sel: str) -> str:
@@ -151,10 +154,16 @@ def main(argv=None) -> int:
                     help="simulation seeds per selector in the check (seeds 100, 101, ...)")
     ap.add_argument("--polish", type=int, default=30, help="Nelder-Mead evaluations")
     ap.add_argument("--out", default=None, help="write the full result as JSON here")
+    ap.add_argument("--render", default=None,
+                    help="only print the markdown of a JSON written by --out")
     ap.add_argument("--dynamics", default=None,
                     help="skip the fit: transfer_lr,transfer_width,step,lr (e.g. a previous fit)")
     args = ap.parse_args(argv)
 
+    if args.render:
+        saved = _load(Path(args.render))
+        print(markdown(saved["fit"], saved["checks"]))
+        return 0
     t0 = time.time()
     settings = build_settings(args)
     wide = settings["bench-wide"]
