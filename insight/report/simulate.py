@@ -14,7 +14,10 @@ drawn from the same distribution. Prompt i has a fixed *difficulty coordinate* x
 success logit under the initial policy. x is drawn broad (default Normal(-1, 3), or
 logit of a U-shaped Beta) so that, as in real RLVR pools, many prompts start with success
 rates near 0 or near 1 (their k rollouts all fail or all succeed: zero advantage) and a
-minority lies in between.
+minority lies in between. Difficulty "levels" instead draws each level's share of the pool
+from a Beta of its own: the world of a real setting, measured by
+`insight.report.simulate_fit`, which also fits this model's dynamics to real runs and
+reports where it predicts them (docs/simulation.md: mostly it does not).
 
 *Success rate.* At any time, training prompt i succeeds with probability
     p_i = sigmoid(x_i + g(x_i) + m_i)
