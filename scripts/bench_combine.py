@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from insight.report.bench_power import censored, comparison_intervals
+from insight.report.bench_power import censored, ci_cell as cell, comparison_intervals
 
 
 def pooled_runs(dirs: list[str]) -> list[dict]:
@@ -28,17 +28,6 @@ def pooled_runs(dirs: list[str]) -> list[dict]:
     for d in dirs:
         runs += json.loads((Path(d) / "results.json").read_text())["runs"]
     return sorted(runs, key=lambda r: r["seed"])
-
-
-def cell(e: dict | None, spec: str, suffix: str = "") -> str:
-    if not e or e.get("value") is None:
-        return "—"
-    s = format(e["value"], spec) + suffix
-    if e.get("ci_low") is not None:
-        s += f" [{format(e['ci_low'], spec)}, {format(e['ci_high'], spec)}]"
-    if e.get("n_censored"):
-        s += f" ({e['n_censored']} censored)"
-    return s
 
 
 def main() -> None:

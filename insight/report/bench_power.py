@@ -197,7 +197,8 @@ def add_intervals(results: dict, by_sel: Mapping[str, Sequence[dict]], main: str
             "ceiling": ceiling, "ceiling_baseline": baseline or "uniform"}
 
 
-def _ci_cell(e: dict | None, spec: str, suffix: str = "") -> str:
+def ci_cell(e: dict | None, spec: str, suffix: str = "") -> str:
+    """A markdown cell: the value, its interval and how many seeds were censored."""
     if not e or e.get("value") is None:
         return "—"
     text = format(e["value"], spec) + suffix
@@ -226,8 +227,8 @@ def intervals_table(res: dict) -> list[str]:
                  f"seeds is a bound (rollouts: a lower bound).", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for sel, e in sels.items():
-        row = [f"`{sel}`", _ci_cell(e.get("rollouts_to_target_ci"), ",.0f")]
-        row += [_ci_cell(e.get("speedup_vs", {}).get(b), ".2f", "x") for b in bases]
-        row += [_ci_cell(e.get("ceiling_share"), ".2f"), _ci_cell(e.get("auc_ci"), ".3f")]
+        row = [f"`{sel}`", ci_cell(e.get("rollouts_to_target_ci"), ",.0f")]
+        row += [ci_cell(e.get("speedup_vs", {}).get(b), ".2f", "x") for b in bases]
+        row += [ci_cell(e.get("ceiling_share"), ".2f"), ci_cell(e.get("auc_ci"), ".3f")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
